@@ -1,0 +1,283 @@
+"""The benchmark runner behind ``audit bench``: every figure is a ratio to a same-run baseline.
+
+Each benchmark measures the project's path and its baseline side by side, interleaved (A B A B ...)
+so that drift in the machine's speed hits both, and reports the median of each. Later
+capabilities register their benchmark in ``BENCHMARKS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from audit.errors import AuditError
+from audit.report import package_versions
+
+
+@dataclass
+class BenchContext:
+    """What every benchmark gets: the backbone, real texts, sizes and repeat counts."""
+
+    backbone: Any
+    texts: list[str]
+    batch_size: int
+    repeats: int
+    quick: bool
+
+
+@dataclass
+class Figure:
+    """One measured figure: ours against the baseline, as a ratio (higher is better)."""
+
+    benchmark: str
+    name: str
+    unit: str
+    ours: float
+    baseline: float
+    baseline_name: str
+    goal: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.baseline if self.baseline else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "benchmark": self.benchmark,
+            "name": self.name,
+            "unit": self.unit,
+            "ours": self.ours,
+            "baseline": self.baseline,
+            "baseline_name": self.baseline_name,
+            "ratio": self.ratio,
+            "goal": self.goal,
+            "meets_goal": None if self.goal is None else bool(self.ratio >= self.goal),
+            **({"notes": self.notes} if self.notes else {}),
+        }
+
+
+def _interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Return the median seconds of each callable, run interleaved after one warm-up each."""
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _bare_hf_model(backbone: Any, depth: int) -> Any:
+    """Return a bare HF base model of the backbone's folder, cut to ``depth`` blocks."""
+    from transformers import AutoModel
+
+    if backbone.folder is None:
+        raise AuditError("The extraction benchmark needs a backbone with a local folder.")
+    model = AutoModel.from_pretrained(str(backbone.folder)).to(backbone.device).eval()
+    layers = None
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == backbone.n_layers:
+            layers = module
+            break
+    if layers is None:
+        raise AuditError("Could not find the block list of the bare HF model.")
+    del layers[depth:]
+    if hasattr(model.config, "num_hidden_layers"):
+        model.config.num_hidden_layers = depth
+    return model
+
+
+def bench_extraction(ctx: BenchContext) -> list[Figure]:
+    """Extraction tokens/s of every block's resid_post against a bare HF forward, same batches."""
+    bb = ctx.backbone
+    hooks = bb.resid_hooks()
+    batch = bb.tokenize(ctx.texts)
+    order = np.argsort(-batch.lengths, kind="stable")
+    n_tokens = int(batch.lengths.sum())
+    bare = _bare_hf_model(bb, bb.n_layers)
+
+    def run_bare() -> None:
+        with torch.inference_mode():
+            for start in range(0, len(order), ctx.batch_size):
+                idx = order[start : start + ctx.batch_size]
+                width = int(batch.lengths[idx].max())
+                bare(
+                    input_ids=batch.input_ids[idx, :width].to(bb.device),
+                    attention_mask=batch.attention_mask[idx, :width].to(bb.device),
+                )
+
+    def run_ours() -> None:
+        bb.extract(ctx.texts, hooks, ("mean",), batch_size=ctx.batch_size, progress=False)
+
+    def run_bridge() -> None:
+        with torch.inference_mode():
+            for start in range(0, len(order), ctx.batch_size):
+                idx = order[start : start + ctx.batch_size]
+                width = int(batch.lengths[idx].max())
+                bb._forward_bridge(
+                    batch.input_ids[idx, :width].to(bb.device),
+                    batch.attention_mask[idx, :width].to(bb.device),
+                    hooks,
+                )
+
+    seconds = _interleaved({"bare": run_bare, "ours": run_ours, "bridge": run_bridge}, ctx.repeats)
+    notes = {
+        "n_texts": len(ctx.texts),
+        "n_tokens": n_tokens,
+        "batch_size": ctx.batch_size,
+        "hooks": len(hooks),
+    }
+    return [
+        Figure(
+            "extraction",
+            "activation path tokens/s (all resid_post, mean-pooled)",
+            "tokens/s",
+            n_tokens / seconds["ours"],
+            n_tokens / seconds["bare"],
+            "bare HF forward",
+            0.95,
+            notes,
+        ),
+        Figure(
+            "extraction",
+            "bridge run_with_cache tokens/s (same hooks)",
+            "tokens/s",
+            n_tokens / seconds["bridge"],
+            n_tokens / seconds["bare"],
+            "bare HF forward",
+            None,
+            notes,
+        ),
+    ]
+
+
+def bench_store_read(ctx: BenchContext) -> list[Figure]:
+    """Second read of the same activations from the store against the first extraction."""
+    from probes.store import ActivationStore
+
+    bb = ctx.backbone
+    first, second = [], []
+    forwards_on_reread = 0
+    for _ in range(max(1, ctx.repeats // 2)):
+        with tempfile.TemporaryDirectory() as tmp:
+            store = ActivationStore(tmp)
+            start = time.perf_counter()
+            store.get(bb, ctx.texts, batch_size=ctx.batch_size, progress=False)
+            first.append(time.perf_counter() - start)
+            before = bb.n_forward_passes
+            start = time.perf_counter()
+            store.get(bb, ctx.texts, batch_size=ctx.batch_size, progress=False)
+            second.append(time.perf_counter() - start)
+            forwards_on_reread += bb.n_forward_passes - before
+    t_first, t_second = statistics.median(first), statistics.median(second)
+    notes = {"n_texts": len(ctx.texts), "forward_passes_on_reread": forwards_on_reread}
+    return [
+        Figure(
+            "store_read",
+            "store re-read speed (texts/s)",
+            "texts/s",
+            len(ctx.texts) / t_second,
+            len(ctx.texts) / t_first,
+            "first extraction (compute + write)",
+            50.0,
+            notes,
+        )
+    ]
+
+
+BENCHMARKS: dict[str, Callable[[BenchContext], list[Figure]]] = {
+    "extraction": bench_extraction,
+    "store_read": bench_store_read,
+}
+
+
+@dataclass
+class BenchRun:
+    """A finished benchmark run: its JSON payload, a markdown table and where they were written."""
+
+    payload: dict[str, Any]
+    markdown: str
+    json_path: Path
+
+
+def _markdown(payload: dict[str, Any]) -> str:
+    lines = [
+        f"Benchmarks on {payload['machine']['cpu_count']} CPU(s), device {payload['machine']['device']}, "
+        f"backbone {payload['backbone']['name']} ({'quick' if payload['quick'] else 'full'} mode)",
+        "",
+        "| benchmark | figure | ours | baseline | ratio | goal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in payload["figures"]:
+        goal = (
+            ""
+            if f["goal"] is None
+            else f">= {f['goal']:g}x " + ("ok" if f["meets_goal"] else "MISSED")
+        )
+        lines.append(
+            f"| {f['benchmark']} | {f['name']} | {f['ours']:.1f} {f['unit']} | "
+            f"{f['baseline']:.1f} ({f['baseline_name']}) | {f['ratio']:.2f}x | {goal} |"
+        )
+    return "\n".join(lines)
+
+
+def run_benchmarks(
+    *,
+    quick: bool = False,
+    backbone_spec: str = "minilm",
+    device: str = "cpu",
+    max_length: int | None = None,
+    out: Path = Path("reports/bench"),
+    only: list[str] | None = None,
+) -> BenchRun:
+    """Run the benchmarks (all, or ``only``) and write ``out/<run>/bench.json`` and ``bench.md``."""
+    from audit.report import new_run_dir
+    from probes import Backbone, load_dataset
+
+    names = only or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise AuditError(f"Unknown benchmark(s) {unknown}; expected {sorted(BENCHMARKS)}.")
+    run_dir = new_run_dir(out, "bench-quick" if quick else "bench")
+    backbone = Backbone.load(backbone_spec, device=device, max_length=max_length)
+    texts = list(load_dataset("rotten_tomatoes", max_samples=96 if quick else 2000, seed=1).texts)
+    ctx = BenchContext(backbone, texts, batch_size=32, repeats=3 if quick else 5, quick=quick)
+    figures: list[Figure] = []
+    for name in names:
+        figures += BENCHMARKS[name](ctx)
+    payload = {
+        "schema_version": 1,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "quick": quick,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(backbone.device),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "versions": package_versions(),
+        "backbone": backbone.info(),
+        "figures": [f.as_dict() for f in figures],
+    }
+    markdown = _markdown(payload)
+    json_path = run_dir / "bench.json"
+    json_path.write_text(json.dumps(payload, indent=1))
+    (run_dir / "bench.md").write_text(markdown + "\n")
+    return BenchRun(payload, markdown, json_path)

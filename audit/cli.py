@@ -1,0 +1,394 @@
+"""The ``audit`` command line: probe reports, the activation store, datasets, benchmarks.
+
+Every command has ``--help`` and ``--json`` (machine-readable output on stdout). User errors print
+one line on stderr and exit 1; progress and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from audit.errors import AuditError
+
+DEFAULT_MAX_SAMPLES = 2000
+
+
+def _emit_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=1, default=str))
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's own errors into one clean line and exit status 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from probes.errors import ProbesError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ProbesError, AuditError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log what the library does (to stderr).")
+def main(verbose: bool) -> None:
+    """Alignment auditing workbench: probe a frozen backbone's concepts and write reports."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _backbone_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--max-length",
+        type=click.IntRange(min=2),
+        default=None,
+        help="Cut texts to this many tokens (default: the model's context). Cuts are counted.",
+    )(fn)
+    fn = click.option(
+        "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto."
+    )(fn)
+    return click.option(
+        "--backbone",
+        "backbone_spec",
+        default="minilm",
+        show_default=True,
+        help="Bundled alias (minilm, smollm2), a local HF model folder, or a HF model name.",
+    )(fn)
+
+
+@main.command()
+@click.option(
+    "--concept",
+    "concepts",
+    multiple=True,
+    help="Bundled concept (sentiment, truth, toxicity) or 'all'. Repeatable.",
+)
+@click.option(
+    "--dataset",
+    "dataset_names",
+    multiple=True,
+    help="One bundled dataset by name (see `audit datasets`). Repeatable.",
+)
+@click.option(
+    "--data",
+    "data_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help='Your own JSONL of {"text", "label"} lines. Repeatable.',
+)
+@_backbone_options
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Folder that receives the run folder.",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(["mean", "first", "last", "max"]),
+    default="mean",
+    show_default=True,
+)
+@click.option("--layers", default=None, help="Comma-separated layers to probe (default: all).")
+@click.option(
+    "--probe",
+    "probe_kinds",
+    multiple=True,
+    type=click.Choice(["logistic", "mass_mean"]),
+    help="Probe kinds (default: both).",
+)
+@click.option(
+    "--max-samples",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_SAMPLES,
+    show_default=True,
+    help="Stratified subsample per bundled dataset; 0 = all rows. JSONL files are used whole.",
+)
+@click.option("--test-size", type=click.FloatRange(0.05, 0.95), default=0.3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--n-boot",
+    type=click.IntRange(min=100),
+    default=1000,
+    show_default=True,
+    help="Bootstrap resamples for the 95% intervals.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly
+def probe(
+    concepts: tuple[str, ...],
+    dataset_names: tuple[str, ...],
+    data_files: tuple[Path, ...],
+    backbone_spec: str,
+    device: str,
+    max_length: int | None,
+    out: Path,
+    pooling: str,
+    layers: str | None,
+    probe_kinds: tuple[str, ...],
+    max_samples: int,
+    test_size: float,
+    seed: int,
+    n_boot: int,
+    batch_size: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Probe concepts layer by layer and write reports/<run>/report.{json,html,md}."""
+    from audit.report import build_report, new_run_dir, write_report
+    from probes import CONCEPTS, ActivationStore, Backbone, load_dataset, load_jsonl, probe_dataset
+    from probes.errors import InvalidInputError
+
+    if not (concepts or dataset_names or data_files):
+        raise AuditError(
+            "Nothing to probe: give --concept NAME (or 'all'), --dataset NAME or --data FILE.jsonl."
+        )
+    names: list[str] = []
+    for concept in concepts:
+        if concept == "all":
+            names += [n for group in CONCEPTS.values() for n in group]
+        elif concept in CONCEPTS:
+            names += list(CONCEPTS[concept])
+        else:
+            raise AuditError(
+                f"Unknown concept {concept!r}. Expected one of: {', '.join(CONCEPTS)}, all."
+            )
+    names += list(dataset_names)
+    datasets = [
+        load_dataset(n, max_samples=max_samples or None, seed=seed) for n in dict.fromkeys(names)
+    ]
+    datasets += [load_jsonl(p) for p in data_files]
+    label = "+".join(sorted({d.concept if d.concept != "custom" else d.name for d in datasets}))
+    run_dir = new_run_dir(out, label)  # fail on an unwritable folder before any compute
+    backbone = Backbone.load(backbone_spec, device=device, max_length=max_length)
+    hooks = backbone.resid_hooks()
+    if layers:
+        try:
+            chosen = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"--layers must be comma-separated ints; got {layers!r}."
+            ) from exc
+        bad = [x for x in chosen if not 0 <= x < backbone.n_layers]
+        if bad:
+            raise InvalidInputError(
+                f"--layers {bad} out of range: this backbone has layers 0..{backbone.n_layers - 1}."
+            )
+        hooks = [hooks[x] for x in chosen]
+    store = ActivationStore()
+    kinds = probe_kinds or ("logistic", "mass_mean")
+    results = []
+    for dataset in datasets:
+        if not quiet:
+            click.echo(
+                f"probing {dataset.name} ({dataset.n_samples} texts) on {backbone.name}", err=True
+            )
+        results.append(
+            probe_dataset(
+                backbone,
+                dataset,
+                store=store,
+                hook_names=hooks,
+                pooling=pooling,
+                probe_kinds=kinds,
+                test_size=test_size,
+                seed=seed,
+                n_boot=n_boot,
+                batch_size=batch_size,
+                progress=not quiet,
+            )
+        )
+    settings = {
+        "pooling": pooling,
+        "hook_names": hooks,
+        "probe_kinds": list(kinds),
+        "max_samples": max_samples,
+        "test_size": test_size,
+        "seed": seed,
+        "n_boot": n_boot,
+        "batch_size": batch_size,
+    }
+    report = build_report(backbone, results, settings)
+    paths = write_report(report, run_dir)
+    if as_json:
+        _emit_json(
+            {
+                "report_dir": str(run_dir),
+                "files": {k: str(v) for k, v in paths.items()},
+                "backbone": report["backbone"],
+                "results": [r.summary() for r in results],
+            }
+        )
+        return
+    for r in results:
+        best = r.sweep.best("logistic" if "logistic" in kinds else kinds[0])
+        truncated = f", {r.n_truncated} truncated" if r.n_truncated else ""
+        click.echo(
+            f"{r.dataset.name:>16}: best {best.probe} layer {best.layer} AUROC {best.auroc}{truncated}"
+        )
+    click.echo(f"report: {paths['html']}")
+
+
+@main.group()
+def store() -> None:
+    """Show and free the activation store (under AUDIT_HOME)."""
+
+
+@store.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_friendly
+def store_list(as_json: bool) -> None:
+    """List stored activation shards."""
+    from probes import ActivationStore
+
+    act_store = ActivationStore()
+    shards = act_store.list()
+    if as_json:
+        _emit_json(
+            {
+                "root": str(act_store.root),
+                "shards": [
+                    {
+                        **s.key.__dict__,
+                        "n_texts": s.n_texts,
+                        "n_bytes": s.n_bytes,
+                        "created_at": s.created_at,
+                        "backbone": s.backbone,
+                        "dataset": s.dataset,
+                    }
+                    for s in shards
+                ],
+            }
+        )
+        return
+    click.echo(
+        f"store: {act_store.root} ({len(shards)} shards, {sum(s.n_bytes for s in shards) / 1e6:.1f} MB)"
+    )
+    for s in shards:
+        click.echo(
+            f"{s.key.fingerprint}  {s.dataset or s.key.texts_hash[:12]:<18} {s.key.hook_name:<28} {s.key.pooling:<6} {s.n_texts:>7} texts {s.n_bytes / 1e6:8.2f} MB  {s.created_at[:19]}"
+        )
+
+
+@store.command("prune")
+@click.option("--fingerprint", default=None, help="Delete shards of this backbone fingerprint.")
+@click.option(
+    "--older-than",
+    "older_than",
+    type=float,
+    default=None,
+    help="Delete shards older than this many days.",
+)
+@click.option("--all", "everything", is_flag=True, help="Delete every shard.")
+@click.option("--json", "as_json", is_flag=True)
+@_friendly
+def store_prune(
+    fingerprint: str | None, older_than: float | None, everything: bool, as_json: bool
+) -> None:
+    """Delete stored shards by fingerprint, age, or all of them."""
+    from probes import ActivationStore
+
+    n, freed = ActivationStore().prune(
+        fingerprint=fingerprint, older_than_days=older_than, everything=everything
+    )
+    if as_json:
+        _emit_json({"deleted": n, "bytes_freed": freed})
+    else:
+        click.echo(f"deleted {n} shards, freed {freed / 1e6:.1f} MB")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@_friendly
+def datasets(as_json: bool) -> None:
+    """List the bundled concept datasets and the packages they come from."""
+    from probes import list_datasets
+
+    infos = list_datasets()
+    if as_json:
+        _emit_json([i.__dict__ for i in infos])
+        return
+    for i in infos:
+        click.echo(f"{i.name:<16} {i.concept:<10} {i.package:<24} {i.description}")
+
+
+@main.command()
+@_backbone_options
+@click.option("--hooks", "show_hooks", is_flag=True, help="Also list every hook name.")
+@click.option("--json", "as_json", is_flag=True)
+@_friendly
+def backbone(
+    backbone_spec: str, device: str, max_length: int | None, show_hooks: bool, as_json: bool
+) -> None:
+    """Boot a backbone and show its name, fingerprint, layers, d_model and hook names."""
+    from probes import Backbone
+
+    bb = Backbone.load(backbone_spec, device=device, max_length=max_length)
+    info = bb.info()
+    if show_hooks:
+        info["hook_names"] = list(bb.hook_names)
+    if as_json:
+        _emit_json(info)
+        return
+    for key, value in info.items():
+        if key != "hook_names":
+            click.echo(f"{key:>12}: {value}")
+    if show_hooks:
+        click.echo("\n".join(bb.hook_names))
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Small sizes for CI (seconds).")
+@_backbone_options
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("reports/bench"), show_default=True
+)
+@click.option("--only", "only", multiple=True, help="Run only these benchmarks (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+@_friendly
+def bench(
+    quick: bool,
+    backbone_spec: str,
+    device: str,
+    max_length: int | None,
+    out: Path,
+    only: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Run the benchmarks: each figure a ratio against a baseline measured in the same run."""
+    from audit.bench import run_benchmarks
+
+    result = run_benchmarks(
+        quick=quick,
+        backbone_spec=backbone_spec,
+        device=device,
+        max_length=max_length,
+        out=out,
+        only=list(only) or None,
+    )
+    if as_json:
+        _emit_json(result.payload)
+        return
+    click.echo(result.markdown)
+    click.echo(f"written: {result.json_path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

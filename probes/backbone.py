@@ -1,0 +1,547 @@
+"""The frozen backbone: booting through TransformerBridge, fingerprinting, extracting activations.
+
+One place loads a backbone (``Backbone.load``) and one place extracts activations
+(``Backbone.extract``). Residual-stream hooks run on a plain twin of the HF model (see
+``probes.plain_model``) with forward hooks at the requested layers only, and the forward stops
+after the deepest of them; any other hook name goes through the bridge's own ``run_with_cache``.
+Both paths use the bridge's hook names and give the same activations (tests check it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import importlib.metadata
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from probes.atomic import sha256_file
+from probes.errors import InvalidInputError
+from probes.hooks import block_of, check_hook_names, parse_resid, resid_post
+from probes.plain_model import plain_twin
+from probes.pooling import POOLINGS, TOKENS, check_pooling, pool
+
+logger = logging.getLogger(__name__)
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+class _StopForward(Exception):
+    """Raised from a hook once the deepest needed layer has run."""
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Tokenised texts, right-padded, with each text's real length and whether it was cut."""
+
+    input_ids: torch.Tensor  # [batch, pos]
+    attention_mask: torch.Tensor  # [batch, pos]
+    lengths: np.ndarray  # [batch] real tokens per text
+    truncated: np.ndarray  # [batch] bool
+
+
+@dataclass
+class RaggedTokens:
+    """Per-token activations of many texts, concatenated: text i is rows offsets[i]:offsets[i+1]."""
+
+    values: np.ndarray  # [total_tokens, d_model]
+    offsets: np.ndarray  # [n_texts + 1] int64
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def text(self, i: int) -> np.ndarray:
+        """Return text ``i``'s activations, [n_tokens, d_model]."""
+        return self.values[self.offsets[i] : self.offsets[i + 1]]
+
+    def padded(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the rows ``indices`` right-padded: acts [batch, pos, d_model] and mask [batch, pos]."""
+        rows = [self.text(int(i)) for i in indices]
+        width = max((len(r) for r in rows), default=0)
+        acts = torch.zeros(len(rows), width, self.values.shape[1], dtype=torch.float32)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for j, r in enumerate(rows):
+            acts[j, : len(r)] = torch.from_numpy(np.asarray(r, dtype=np.float32))
+            mask[j, : len(r)] = 1
+        return acts, mask
+
+
+@dataclass
+class Extraction:
+    """Activations of a list of texts: pooled vectors per (hook, pooling) and ragged per-token ones."""
+
+    pooled: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # [n, d_model]
+    tokens: dict[str, RaggedTokens] = field(default_factory=dict)
+    n_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    @property
+    def n_truncated(self) -> int:
+        return int(self.truncated.sum())
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    return _cached_digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed on size and mtime so an edited file is hashed again, an unchanged one once a process.
+    return sha256_file(Path(path))
+
+
+def _versions() -> dict[str, str]:
+    return {pkg: importlib.metadata.version(pkg) for pkg in ("transformer-lens", "transformers")}
+
+
+def fingerprint_folder(folder: Path) -> str:
+    """Return the fingerprint of a model folder: its config and weight files plus bridge versions."""
+    digest = hashlib.sha256()
+    config = folder / "config.json"
+    if config.exists():
+        digest.update(b"config.json" + config.read_bytes())
+    weights = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    if not weights:
+        raise InvalidInputError(
+            f"Model folder {folder} holds no weight files ({_WEIGHT_SUFFIXES})."
+        )
+    for path in weights:
+        digest.update(str(path.relative_to(folder)).encode() + _file_digest(path).encode())
+    for pkg, version in sorted(_versions().items()):
+        digest.update(f"{pkg}=={version}".encode())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint_state(model: nn.Module, config_json: str) -> str:
+    """Return the fingerprint of in-memory weights (for models with no folder, e.g. random ones)."""
+    digest = hashlib.sha256(config_json.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for pkg, version in sorted(_versions().items()):
+        digest.update(f"{pkg}=={version}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+class Backbone:
+    """A frozen backbone booted through TransformerBridge, with fast activation extraction.
+
+    Use ``Backbone.load(spec)``: spec is a bundled alias (``minilm``, the default, or
+    ``smollm2``), a local HF model folder, or a Hugging Face model name (for users with a hub or
+    a local HF cache).
+    """
+
+    def __init__(
+        self,
+        bridge: Any,
+        *,
+        name: str,
+        fingerprint: str,
+        folder: Path | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        self.bridge = bridge
+        self.name = name
+        self.fingerprint = fingerprint
+        self.folder = folder
+        self.tokenizer = bridge.tokenizer
+        cfg = bridge.cfg
+        self.n_layers: int = int(cfg.n_layers)
+        self.d_model: int = int(cfg.d_model)
+        self.n_ctx: int = int(getattr(cfg, "n_ctx", 0) or 512)
+        self.max_length = self.n_ctx if max_length is None else int(max_length)
+        if not 2 <= self.max_length <= self.n_ctx:
+            raise InvalidInputError(
+                f"max_length must be an int in [2, {self.n_ctx}] (the model's context). "
+                f"Got {max_length} instead."
+            )
+        self.device = next(bridge.original_model.parameters()).device
+        self.hook_names: tuple[str, ...] = tuple(sorted(bridge.hook_dict))
+        self.architecture = type(bridge.original_model).__name__
+        self.n_forward_passes = 0  # backbone forwards run so far (tests count them)
+        self._lock = threading.Lock()
+        self._plain_config = self._twin_config(bridge.original_model.config)
+        self._plain, mapping = plain_twin(bridge.original_model, config=self._plain_config)
+        self._plain_layers = [mapping[id(self._original(b))] for b in bridge.blocks]
+        self._layer_returns_tuple = self._probe_layer_output()
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def load(
+        cls,
+        spec: str | None = None,
+        *,
+        device: str = "cpu",
+        max_length: int | None = None,
+    ) -> Backbone:
+        """Return the frozen backbone named by ``spec`` (bundled alias, folder or HF name)."""
+        from probes.bundled import DEFAULT_BACKBONE, resolve_model_folder
+
+        spec = spec or DEFAULT_BACKBONE
+        name, folder = resolve_model_folder(spec)
+        if folder is not None:
+            # A local folder needs nothing from a hub; stop any library from asking one.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        device = _resolve_device(device)
+        from transformer_lens.model_bridge import TransformerBridge
+
+        target = str(folder) if folder is not None else spec
+        logger.info("booting backbone %s from %s on %s", name, target, device)
+        try:
+            with _quiet_transformers():
+                bridge = TransformerBridge.boot_transformers(target, device=device)
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError(
+                f"Could not boot backbone {spec!r}: {exc}. Give a bundled alias (minilm, smollm2), "
+                "an existing Hugging Face model folder, or a model name present in your local "
+                "Hugging Face cache (this machine may have no hub access)."
+            ) from exc
+        bridge.eval()
+        for param in bridge.parameters():
+            param.requires_grad_(False)
+        if folder is not None:
+            fingerprint = fingerprint_folder(folder)
+        else:
+            fingerprint = fingerprint_state(
+                bridge.original_model, bridge.original_model.config.to_json_string()
+            )
+        return cls(bridge, name=name, fingerprint=fingerprint, folder=folder, max_length=max_length)
+
+    @staticmethod
+    def _original(block: nn.Module) -> nn.Module:
+        inner = block._modules.get("_original_component")
+        return inner if inner is not None else block
+
+    @staticmethod
+    def _twin_config(config: Any) -> Any:
+        # The bridge forces eager attention so its attention hooks see the pattern; the plain
+        # twin only reads the residual stream, so it may use the fused kernel a bare HF model uses.
+        twin = copy.copy(config)
+        try:
+            from transformers.modeling_utils import PreTrainedModel  # noqa: F401
+
+            twin._attn_implementation = "sdpa"
+        except Exception:  # pragma: no cover - older transformers keep the bridge's choice
+            pass
+        return twin
+
+    def _probe_layer_output(self) -> bool:
+        seen: list[bool] = []
+
+        def record(_m: nn.Module, _a: Any, out: Any) -> None:
+            seen.append(isinstance(out, tuple))
+            raise _StopForward
+
+        batch = self.tokenize(["probe"])
+        handle = self._plain_layers[0].register_forward_hook(record)
+        try:
+            with torch.inference_mode(), contextlib.suppress(_StopForward):
+                self._plain(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        finally:
+            handle.remove()
+        return bool(seen and seen[0])
+
+    def info(self) -> dict[str, Any]:
+        """Return a JSON-ready description: name, fingerprint, layers, d_model, context, versions."""
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "architecture": self.architecture,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "n_ctx": self.n_ctx,
+            "max_length": self.max_length,
+            "folder": str(self.folder) if self.folder else None,
+            "device": str(self.device),
+            "versions": _versions(),
+        }
+
+    def resid_hooks(self) -> list[str]:
+        """Return the residual-output hook name of every block, in layer order."""
+        return [resid_post(layer) for layer in range(self.n_layers)]
+
+    # ------------------------------------------------------------ tokenising
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        """Return the texts tokenised, cut to ``max_length`` tokens and right-padded."""
+        tok = self.tokenizer
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "right"  # real tokens first: position ids stay 0..n-1 for decoders
+        enc = tok(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            return_overflowing_tokens=True,
+            padding=False,
+        )
+        ids = enc["input_ids"]
+        if "overflow_to_sample_mapping" in enc:
+            sample = list(enc["overflow_to_sample_mapping"])
+            first: dict[int, int] = {}
+            counts = np.zeros(len(texts), dtype=np.int64)
+            for row, s in enumerate(sample):
+                first.setdefault(s, row)
+                counts[s] += 1
+            rows = [ids[first[i]] for i in range(len(texts))]
+            truncated = counts > 1
+        else:  # slow tokenizers do not report overflow
+            rows = ids
+            full = tok(list(texts), truncation=False)["input_ids"]
+            truncated = np.array([len(f) > self.max_length for f in full])
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        width = int(lengths.max()) if len(rows) else 0
+        pad_id = tok.pad_token_id or 0
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        return TokenBatch(input_ids, mask, lengths, np.asarray(truncated, dtype=bool))
+
+    # ----------------------------------------------------------- extraction
+    def extract(
+        self,
+        texts: Sequence[str],
+        hook_names: Sequence[str] | None = None,
+        poolings: Sequence[str] = ("mean",),
+        *,
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> Extraction:
+        """Return the activations of ``texts`` at ``hook_names`` (default: every block's resid_post).
+
+        ``poolings`` may hold any of mean/first/last/max and ``"tokens"`` for per-token
+        activations. Texts are sorted by length into batches (less padding), and the forward stops
+        after the deepest layer needed.
+        """
+        from probes.datasets import validate_texts
+
+        texts = validate_texts(texts)
+        if not texts:
+            raise InvalidInputError("No texts given: extract() needs at least one non-empty text.")
+        hooks = check_hook_names(hook_names or self.resid_hooks(), self.hook_names)
+        poolings = [check_pooling(p) for p in poolings]
+        if not poolings:
+            raise InvalidInputError(
+                f"No pooling given; pass one or more of {POOLINGS} or 'tokens'."
+            )
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive int. Got {batch_size} instead.")
+        batch = self.tokenize(texts)
+        order = np.argsort(-batch.lengths, kind="stable")
+        result = Extraction(n_tokens=batch.lengths, truncated=batch.truncated)
+        pooled: dict[tuple[str, str], list[np.ndarray]] = {
+            (h, p): [] for h in hooks for p in poolings if p != TOKENS
+        }
+        token_rows: dict[str, list[np.ndarray]] = (
+            {h: [] for h in hooks} if TOKENS in poolings else {}
+        )
+        bar = tqdm(
+            total=len(texts),
+            desc="extracting",
+            unit="text",
+            disable=not progress or len(texts) <= batch_size,
+            leave=False,
+        )
+        with self._lock, torch.inference_mode(), bar:
+            for start in range(0, len(texts), batch_size):
+                idx = order[start : start + batch_size]
+                width = int(batch.lengths[idx].max())
+                ids = batch.input_ids[idx, :width].to(self.device)
+                mask = batch.attention_mask[idx, :width].to(self.device)
+                acts = self._forward(ids, mask, hooks)
+                for (hook, pooling), chunks in pooled.items():
+                    chunks.append(pool(acts[hook], mask, pooling).float().cpu().numpy())
+                for hook, chunks in token_rows.items():
+                    per_tok = acts[hook].float().cpu().numpy()
+                    for j, length in enumerate(batch.lengths[idx]):
+                        chunks.append(per_tok[j, :length])
+                bar.update(len(idx))
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        for key, chunks in pooled.items():
+            result.pooled[key] = np.concatenate(chunks)[inverse]
+        for hook, chunks in token_rows.items():
+            rows = [chunks[i] for i in inverse]
+            offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+            offsets[1:] = np.cumsum([len(r) for r in rows])
+            values = np.concatenate(rows) if rows else np.zeros((0, self.d_model), np.float32)
+            result.tokens[hook] = RaggedTokens(values.astype(np.float32), offsets)
+        return result
+
+    def _forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hook_names: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        self.n_forward_passes += 1
+        if all(parse_resid(h) is not None for h in hook_names):
+            return self._forward_plain(input_ids, attention_mask, hook_names)
+        return self._forward_bridge(input_ids, attention_mask, hook_names)
+
+    def _forward_plain(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        hook_names: Sequence[str],
+        model: nn.Module | None = None,
+        layers: list[nn.Module] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        model = model if model is not None else self._plain
+        layers = layers if layers is not None else self._plain_layers
+        parsed = {h: parse_resid(h) for h in hook_names}
+        captured: dict[str, torch.Tensor] = {}
+        # The last event in forward order: the output of the deepest block asked for, or the
+        # input of a block when only its input is asked for.
+        stop_post = max((p.layer for p in parsed.values() if p and p.post), default=-1)
+        stop_pre = max((p.layer for p in parsed.values() if p and not p.post), default=-1)
+        stop_at = ("pre", stop_pre) if stop_pre > stop_post else ("post", stop_post)
+        handles = []
+        for hook, p in parsed.items():
+            assert p is not None
+            layer = layers[p.layer]
+            if p.post:
+                handles.append(
+                    layer.register_forward_hook(
+                        self._capture_post(hook, captured, stop_at == ("post", p.layer))
+                    )
+                )
+            else:
+                handles.append(
+                    layer.register_forward_pre_hook(
+                        self._capture_pre(hook, captured, stop_at == ("pre", p.layer)),
+                        with_kwargs=True,
+                    )
+                )
+        try:
+            with contextlib.suppress(_StopForward):
+                model(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured
+
+    @staticmethod
+    def _capture_post(hook: str, into: dict[str, torch.Tensor], stop: bool) -> Callable[..., None]:
+        def fn(_module: nn.Module, _args: Any, output: Any) -> None:
+            into[hook] = _first(output)
+            if stop:
+                raise _StopForward
+
+        return fn
+
+    @staticmethod
+    def _capture_pre(hook: str, into: dict[str, torch.Tensor], stop: bool) -> Callable[..., None]:
+        def fn(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            into[hook] = args[0] if args else kwargs["hidden_states"]
+            if stop:
+                raise _StopForward
+
+        return fn
+
+    def _forward_bridge(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hook_names: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        blocks = [block_of(h) for h in hook_names]
+        stop = (
+            None if any(b is None for b in blocks) else max(b for b in blocks if b is not None) + 1
+        )
+        wanted = set(hook_names)
+        _, cache = self.bridge.run_with_cache(
+            input_ids,
+            names_filter=lambda name: name in wanted,
+            stop_at_layer=stop,
+            attention_mask=attention_mask,
+        )
+        return {h: cache[h] for h in hook_names}
+
+    # ---------------------------------------------------------------- resume
+    def resume(
+        self,
+        from_layer: int,
+        acts: torch.Tensor,  # [batch, pos, d_model]: resid_post of block from_layer
+        attention_mask: torch.Tensor,  # [batch, pos]
+        hook_names: Sequence[str],
+    ) -> dict[str, torch.Tensor]:
+        """Return later residual hooks computed from stored block-``from_layer`` activations.
+
+        Blocks up to ``from_layer`` do not run: they pass their input through and the last one
+        hands on ``acts`` (which callers may have edited: projected out, steered).
+        """
+        if not 0 <= from_layer < self.n_layers - 1:
+            raise InvalidInputError(
+                f"from_layer must be an int in [0, {self.n_layers - 2}]. Got {from_layer} instead."
+            )
+        hooks = check_hook_names(hook_names, self.hook_names)
+        for hook in hooks:
+            parsed = parse_resid(hook)
+            if parsed is None or parsed.layer <= from_layer:
+                raise InvalidInputError(
+                    f"resume() serves residual hooks of blocks after {from_layer}; got {hook!r}."
+                )
+        twin, mapping = plain_twin(self.bridge.original_model, config=self._plain_config)
+        layers = [mapping[id(self._original(b))] for b in self.bridge.blocks]
+        container = next(m for m in twin.modules() if layers[0] in m._modules.values())
+        injected = acts.to(self.device, dtype=next(twin.parameters()).dtype)
+        for name, child in list(container._modules.items()):
+            if child in layers[: from_layer + 1]:
+                i = layers.index(child)
+                container._modules[name] = _Passthrough(
+                    injected if i == from_layer else None, self._layer_returns_tuple
+                )
+        ids = torch.full(attention_mask.shape, self.tokenizer.pad_token_id or 0, device=self.device)
+        with self._lock, torch.inference_mode():
+            self.n_forward_passes += 1
+            return self._forward_plain(ids, attention_mask.to(self.device), hooks, twin, layers)
+
+
+class _Passthrough(nn.Module):
+    """Stands in for a skipped block: passes its input on, or hands on injected activations."""
+
+    def __init__(self, injected: torch.Tensor | None, as_tuple: bool) -> None:
+        super().__init__()
+        self.injected = injected
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        out = hidden_states if self.injected is None else self.injected
+        return (out,) if self.as_tuple else out
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInputError(
+            f"Device {device!r} was asked for but CUDA is not available here; use 'cpu'."
+        )
+    return device
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    # The weight-loading progress bar of transformers is noise in CLI output and test logs.
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
