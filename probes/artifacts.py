@@ -19,7 +19,7 @@ from probes.atomic import atomic_write
 from probes.errors import CorruptArtifactError, FingerprintMismatchError, InvalidInputError
 from probes.estimators import LogisticProbe, MassMeanProbe
 
-PROBE_SCHEMA_VERSION = 1
+PROBE_SCHEMA_VERSION: Literal[1] = 1
 
 
 class ProbeMeta(BaseModel):
@@ -31,6 +31,7 @@ class ProbeMeta(BaseModel):
     kind: Literal["logistic", "mass_mean"]
     concept: str
     dataset: str | None = None
+    dataset_hash: str | None = None
     layer: int
     hook_name: str
     pooling: str

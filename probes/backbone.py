@@ -219,9 +219,8 @@ class Backbone:
         if folder is not None:
             fingerprint = fingerprint_folder(folder)
         else:
-            fingerprint = fingerprint_state(
-                bridge.original_model, bridge.original_model.config.to_json_string()
-            )
+            model: Any = bridge.original_model
+            fingerprint = fingerprint_state(model, model.config.to_json_string())
         return cls(bridge, name=name, fingerprint=fingerprint, folder=folder, max_length=max_length)
 
     @staticmethod

@@ -161,13 +161,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _source_record(gguf_path: Path, sha256: str | None = None) -> dict[str, Any]:
+def _source_record(gguf_path: Path) -> dict[str, Any]:
     stat = gguf_path.stat()
     return {
         "file": gguf_path.name,
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
-        "sha256": sha256 if sha256 is not None else _sha256(gguf_path),
+        "sha256": _sha256(gguf_path),
     }
 
 

@@ -160,7 +160,9 @@ class MassMeanProbe(_LinearProbe):
         platt = LogisticRegression(C=1e4, max_iter=1000).fit(projections[:, None] / spread, y)
         slope = float(platt.coef_[0, 0]) / spread
         self.coef_ = slope * direction[None, :]
-        self.intercept_ = np.array([float(platt.intercept_[0]) - slope * float(direction @ midpoint)])
+        self.intercept_ = np.array(
+            [float(platt.intercept_[0]) - slope * float(direction @ midpoint)]
+        )
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:

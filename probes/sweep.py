@@ -63,6 +63,11 @@ class SweepResult:
         return list(dict.fromkeys(s.probe for s in self.scores))
 
 
+def _layer_of(hook_name: str) -> int:
+    layer = block_of(hook_name)
+    return -1 if layer is None else layer
+
+
 def sweep_layers(
     features: Mapping[str, np.ndarray],
     labels: np.ndarray,
@@ -109,7 +114,7 @@ def sweep_layers(
             LayerScore(
                 probe=kind,
                 hook_name=hook,
-                layer=block_of(hook) if block_of(hook) is not None else -1,
+                layer=_layer_of(hook),
                 pooling=pooling,
                 accuracy=bootstrap_accuracy(predicted, positive[test], n_boot=n_boot, seed=seed),
                 auroc=bootstrap_auroc(held_out, positive[test], n_boot=n_boot, seed=seed),

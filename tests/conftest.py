@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 # Before any project import reads it: every test of the session shares one state folder, never
-# the user's own. SmolLM2's converted folder is kept across sessions through AUDIT_TEST_MODELS.
+# the user's own.
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="audit-test-home-"))
 os.environ["AUDIT_HOME"] = str(_SESSION_HOME)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -74,9 +74,12 @@ def test_non_residual_hooks_go_through_the_bridge(backbone: Backbone) -> None:
 
 
 def test_resid_pre_is_previous_resid_post(backbone: Backbone) -> None:
-    out = backbone.extract(TEXTS, ["blocks.3.hook_resid_pre", "blocks.2.hook_resid_post"], progress=False)
+    out = backbone.extract(
+        TEXTS, ["blocks.3.hook_resid_pre", "blocks.2.hook_resid_post"], progress=False
+    )
     np.testing.assert_allclose(
-        out.pooled[("blocks.3.hook_resid_pre", "mean")], out.pooled[("blocks.2.hook_resid_post", "mean")]
+        out.pooled[("blocks.3.hook_resid_pre", "mean")],
+        out.pooled[("blocks.2.hook_resid_post", "mean")],
     )
 
 
@@ -89,7 +92,9 @@ def test_resume_from_stored_layer_matches_full_forward(backbone: Backbone) -> No
     for hook in ("blocks.3.hook_resid_post", "blocks.5.hook_resid_post"):
         for i in range(len(TEXTS)):
             n = int(mask[i].sum())
-            np.testing.assert_allclose(out[hook][i, :n].numpy(), full.tokens[hook].text(i), atol=1e-5)
+            np.testing.assert_allclose(
+                out[hook][i, :n].numpy(), full.tokens[hook].text(i), atol=1e-5
+            )
     # an edited activation changes what comes after it
     edited = backbone.resume(2, acts * 0.5, mask, ["blocks.5.hook_resid_post"])
     assert not torch.allclose(edited["blocks.5.hook_resid_post"], out["blocks.5.hook_resid_post"])
@@ -97,7 +102,9 @@ def test_resume_from_stored_layer_matches_full_forward(backbone: Backbone) -> No
 
 def test_truncation_is_counted(backbone: Backbone) -> None:
     short = Backbone(backbone.bridge, name="minilm", fingerprint=backbone.fingerprint, max_length=8)
-    out = short.extract(["one two", "one two three four five six seven eight nine ten"], progress=False)
+    out = short.extract(
+        ["one two", "one two three four five six seven eight nine ten"], progress=False
+    )
     assert out.truncated.tolist() == [False, True]
     assert out.n_truncated == 1
     assert out.n_tokens.max() == 8

@@ -22,7 +22,6 @@ from probes import (
 )
 from probes.metrics import auroc, bootstrap_auroc
 
-
 MASS_MEAN_MULTICLASS_CHECKS: tuple[str, ...] = ()
 
 
@@ -33,7 +32,9 @@ def _expected_failures(estimator):
     return {}
 
 
-@parametrize_with_checks([LogisticProbe(), MassMeanProbe()], expected_failed_checks=_expected_failures)
+@parametrize_with_checks(
+    [LogisticProbe(), MassMeanProbe()], expected_failed_checks=_expected_failures
+)
 def test_sklearn_contract(estimator, check) -> None:
     check(estimator)
 
@@ -73,12 +74,21 @@ def test_bootstrap_interval_brackets_the_estimate() -> None:
 
 def _meta(kind: str, d: int = 16, fingerprint: str = "abc") -> ProbeMeta:
     return ProbeMeta(
-        kind=kind, concept="toy", layer=1, hook_name="blocks.1.hook_resid_post", pooling="mean",
-        d_model=d, label_names=["neg", "pos"], backbone="toy", fingerprint=fingerprint,
+        kind=kind,
+        concept="toy",
+        layer=1,
+        hook_name="blocks.1.hook_resid_post",
+        pooling="mean",
+        d_model=d,
+        label_names=["neg", "pos"],
+        backbone="toy",
+        fingerprint=fingerprint,
     )
 
 
-@pytest.mark.parametrize(("cls", "kind"), [(LogisticProbe, "logistic"), (MassMeanProbe, "mass_mean")])
+@pytest.mark.parametrize(
+    ("cls", "kind"), [(LogisticProbe, "logistic"), (MassMeanProbe, "mass_mean")]
+)
 def test_save_load_roundtrip(tmp_path, cls, kind: str) -> None:
     X, y, _ = _separable()
     probe = cls().fit(X, y)
