@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -255,14 +255,14 @@ def run_benchmarks(
         raise AuditError(f"Unknown benchmark(s) {unknown}; expected {sorted(BENCHMARKS)}.")
     run_dir = new_run_dir(out, "bench-quick" if quick else "bench")
     backbone = Backbone.load(backbone_spec, device=device, max_length=max_length)
-    texts = list(load_dataset("rotten_tomatoes", max_samples=96 if quick else 2000, seed=1).texts)
-    ctx = BenchContext(backbone, texts, batch_size=32, repeats=3 if quick else 5, quick=quick)
+    texts = list(load_dataset("rotten_tomatoes", max_samples=96 if quick else 1000, seed=1).texts)
+    ctx = BenchContext(backbone, texts, batch_size=32, repeats=2 if quick else 3, quick=quick)
     figures: list[Figure] = []
     for name in names:
         figures += BENCHMARKS[name](ctx)
     payload = {
         "schema_version": 1,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
         "quick": quick,
         "machine": {
             "platform": platform.platform(),

@@ -7,7 +7,7 @@ import importlib.metadata
 import json
 import platform
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ def package_versions() -> dict[str, str]:
 
 def new_run_dir(out: Path, label: str) -> Path:
     """Return a fresh, writable run folder ``out/<UTC time>-<label>``; raise if not writable."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")[:60] or "run"
     run_dir = out / f"{stamp}-{slug}"
     suffix = 1
@@ -102,7 +102,7 @@ def build_report(
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "probe_report",
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
         "backbone": backbone.info(),
         "versions": package_versions(),
         "settings": settings,
@@ -235,6 +235,19 @@ def render_html(report: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
     parts.append(f"<p><small>Versions: {html.escape(versions)}</small></p></body></html>")
     return "\n".join(parts)
+
+
+def list_reports(folder: Path) -> list[Path]:
+    """Return the report.json files of probe reports under ``folder``, newest first."""
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("*/report.json"), key=lambda p: p.parent.name, reverse=True)
+
+
+def report_figures(report: dict[str, Any]) -> list[tuple[dict[str, Any], go.Figure]]:
+    """Return each result section of a report with its AUROC-by-layer figure."""
+    n_layers = report["backbone"]["n_layers"]
+    return [(section, _figure(section, n_layers)) for section in report["results"]]
 
 
 def write_report(report: dict[str, Any], run_dir: Path) -> dict[str, Path]:

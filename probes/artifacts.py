@@ -7,7 +7,7 @@ are checked (schema, shapes, dtypes, backbone fingerprint) before a probe is reb
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +41,7 @@ class ProbeMeta(BaseModel):
     fingerprint: str
     metrics: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, float] = Field(default_factory=dict)
-    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:

@@ -1,0 +1,61 @@
+"""The README's documented commands keep working, and CI runs the README's test command."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from audit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_second() -> None:
+    bash = _blocks("bash")
+    assert len(bash) == 2, "the README opens with exactly two commands"
+    main_command, test_command = (b.strip() for b in bash)
+    assert README.index(main_command) < README.index("## ")
+    assert main_command.endswith("audit probe --concept all")
+    assert test_command.endswith("python -m pytest")
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci, ".ci/run must run the README's test command verbatim"
+    for command in (main_command, test_command):
+        assert "-c constraints.txt" in command  # never an unpinned CUDA torch
+    assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
+    assert "torch" not in " ".join(
+        line for line in (ROOT / "pyproject.toml").read_text().splitlines() if "==" in line
+    )
+
+
+CONSOLE = [
+    line[2:].strip()
+    for block in _blocks("console")
+    for line in block.splitlines()
+    if line.startswith("$ audit ")
+]
+
+
+@pytest.mark.parametrize("command", CONSOLE)
+def test_readme_console_command_runs(command: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    args = shlex.split(command)[1:]
+    if args[0] in ("probe", "bench"):
+        args += ["--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+
+
+def test_readme_python_example_runs(capsys) -> None:
+    (code,) = _blocks("python")
+    exec(compile(code, "README.md", "exec"), {})
+    layer, auroc = capsys.readouterr().out.split(maxsplit=1)
+    assert 0 <= int(layer) < 6 and float(auroc.split()[0]) > 0.6
