@@ -255,7 +255,7 @@ def run_benchmarks(
         raise AuditError(f"Unknown benchmark(s) {unknown}; expected {sorted(BENCHMARKS)}.")
     run_dir = new_run_dir(out, "bench-quick" if quick else "bench")
     backbone = Backbone.load(backbone_spec, device=device, max_length=max_length)
-    texts = list(load_dataset("rotten_tomatoes", max_samples=96 if quick else 1000, seed=1).texts)
+    texts = list(load_dataset("rotten_tomatoes", max_samples=48 if quick else 1000, seed=1).texts)
     ctx = BenchContext(backbone, texts, batch_size=32, repeats=2 if quick else 3, quick=quick)
     figures: list[Figure] = []
     for name in names:
