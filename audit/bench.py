@@ -49,6 +49,7 @@ class Figure:
     baseline_name: str
     goal: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    higher_is_better: bool = True
 
     @property
     def ratio(self) -> float:
@@ -64,7 +65,12 @@ class Figure:
             "baseline_name": self.baseline_name,
             "ratio": self.ratio,
             "goal": self.goal,
-            "meets_goal": None if self.goal is None else bool(self.ratio >= self.goal),
+            "higher_is_better": self.higher_is_better,
+            "meets_goal": None
+            if self.goal is None
+            else bool(
+                self.ratio >= self.goal if self.higher_is_better else self.ratio <= self.goal
+            ),
             **({"notes": self.notes} if self.notes else {}),
         }
 
@@ -200,9 +206,85 @@ def bench_store_read(ctx: BenchContext) -> list[Figure]:
     ]
 
 
+def bench_scorecard(ctx: BenchContext) -> list[Figure]:
+    """Each scorecard check's time split into forwards and fitting on stored inputs.
+
+    The baseline is the layer sweep on the same stored activations, measured in the same run:
+    each check's fitting time is reported as a multiple of it (lower is better), and the total
+    fitting time against the 60 s goal for ~5,000 examples on 2 CPU cores.
+    """
+    from probes import load_dataset, probe_dataset
+    from probes.robustness.scorecard import context_from_result, run_scorecard
+    from probes.store import ActivationStore
+
+    n = 200 if ctx.quick else 5000
+    dataset = load_dataset("rotten_tomatoes", max_samples=n, seed=2)
+    others = [load_dataset("tweets", max_samples=n, seed=2)]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ActivationStore(tmp)
+        store.get(ctx.backbone, dataset.texts, batch_size=ctx.batch_size, progress=False)
+        start = time.perf_counter()
+        result = probe_dataset(
+            ctx.backbone,
+            dataset,
+            store=store,
+            n_boot=1000,
+            progress=False,
+            probe_dir=Path(tmp) / "probes",
+        )
+        sweep_seconds = time.perf_counter() - start
+        check_ctx = context_from_result(
+            ctx.backbone,
+            result,
+            store=store,
+            others=others,
+            batch_size=ctx.batch_size,
+            progress=False,
+        )
+        card = run_scorecard(check_ctx)
+    figures = []
+    fit_total = sum(c.fit_seconds for c in card.checks)
+    forward_total = sum(c.forward_seconds for c in card.checks)
+    for check in card.checks:
+        notes = {"forward_seconds": round(check.forward_seconds, 3), "verdict": check.verdict}
+        figures.append(
+            Figure(
+                "scorecard",
+                f"{check.check}: fitting time (s)",
+                "s",
+                check.fit_seconds,
+                sweep_seconds,
+                "layer sweep fitting (s)",
+                None,
+                notes,
+                higher_is_better=False,
+            )
+        )
+    figures.append(
+        Figure(
+            "scorecard",
+            "all checks: fitting time (s)",
+            "s",
+            fit_total,
+            60.0,
+            "goal: 60 s",
+            1.0,
+            {
+                "n_texts": n,
+                "forward_seconds": round(forward_total, 2),
+                "layers": ctx.backbone.n_layers,
+                "overall": card.overall,
+            },
+            higher_is_better=False,
+        )
+    )
+    return figures
+
+
 BENCHMARKS: dict[str, Callable[[BenchContext], list[Figure]]] = {
     "extraction": bench_extraction,
     "store_read": bench_store_read,
+    "scorecard": bench_scorecard,
 }
 
 

@@ -129,6 +129,37 @@ def _backbone_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     help="Bootstrap resamples for the 95% intervals.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--transfer",
+    "transfer_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="JSONL of the same concept to test transfer on (labels matched by name). Repeatable.",
+)
+@click.option(
+    "--scorecard/--no-scorecard",
+    default=True,
+    show_default=True,
+    help="Run the robustness scorecard for each concept.",
+)
+@click.option(
+    "--checks",
+    default=None,
+    help="Comma-separated scorecard checks (default: all; see `audit checks`).",
+)
+@click.option(
+    "--thresholds",
+    "thresholds_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TOML/JSON file of scorecard thresholds (name = value).",
+)
+@click.option(
+    "--threshold",
+    "threshold_overrides",
+    multiple=True,
+    help="Override one threshold: NAME=VALUE. Repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly
@@ -148,10 +179,15 @@ def probe(
     seed: int,
     n_boot: int,
     batch_size: int,
+    transfer_files: tuple[Path, ...],
+    scorecard: bool,
+    checks: str | None,
+    thresholds_file: Path | None,
+    threshold_overrides: tuple[str, ...],
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Probe concepts layer by layer and write reports/<run>/report.{json,html,md}."""
+    """Probe concepts layer by layer, score their robustness, write reports/<run>/report.*"""
     from audit.report import build_report, new_run_dir, write_report
     from probes import CONCEPTS, ActivationStore, Backbone, load_dataset, load_jsonl, probe_dataset
     from probes.errors import InvalidInputError
@@ -175,6 +211,13 @@ def probe(
         load_dataset(n, max_samples=max_samples or None, seed=seed) for n in dict.fromkeys(names)
     ]
     datasets += [load_jsonl(p) for p in data_files]
+    from probes.robustness import load_thresholds
+    from probes.robustness.scorecard import check_names
+
+    thresholds = load_thresholds(thresholds_file, _parse_overrides(threshold_overrides))
+    check_list = check_names(
+        [c.strip() for c in checks.split(",") if c.strip()] if checks else None
+    )
     label = "+".join(sorted({d.concept if d.concept != "custom" else d.name for d in datasets}))
     run_dir = new_run_dir(out, label)  # fail on an unwritable folder before any compute
     backbone = Backbone.load(backbone_spec, device=device, max_length=max_length)
@@ -215,7 +258,25 @@ def probe(
                 progress=not quiet,
             )
         )
+    scorecards = []
+    if scorecard:
+        scorecards = _run_scorecards(
+            backbone,
+            results,
+            store,
+            transfer_files,
+            thresholds,
+            check_list,
+            seed,
+            n_boot,
+            batch_size,
+            quiet,
+        )
     settings = {
+        "scorecard": scorecard,
+        "checks": check_list if scorecard else [],
+        "thresholds": {t.name: {"value": t.value, "op": t.op} for t in thresholds.values()},
+        "transfer_files": [str(p) for p in transfer_files],
         "pooling": pooling,
         "hook_names": hooks,
         "probe_kinds": list(kinds),
@@ -225,7 +286,7 @@ def probe(
         "n_boot": n_boot,
         "batch_size": batch_size,
     }
-    report = build_report(backbone, results, settings)
+    report = build_report(backbone, results, settings, scorecards)
     paths = write_report(report, run_dir)
     if as_json:
         _emit_json(
@@ -234,6 +295,15 @@ def probe(
                 "files": {k: str(v) for k, v in paths.items()},
                 "backbone": report["backbone"],
                 "results": [r.summary() for r in results],
+                "scorecards": [
+                    {
+                        "concept": c.concept,
+                        "dataset": c.dataset,
+                        "overall": c.overall,
+                        "failed": c.failed,
+                    }
+                    for c in scorecards
+                ],
             }
         )
         return
@@ -243,7 +313,93 @@ def probe(
         click.echo(
             f"{r.dataset.name:>16}: best {best.probe} layer {best.layer} AUROC {best.auroc}{truncated}"
         )
+    for card in scorecards:
+        click.echo(f"{card.dataset:>16}: {card.concept} is {card.summary_line()}")
     click.echo(f"report: {paths['html']}")
+
+
+def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise AuditError(
+                f"--threshold takes NAME=VALUE with a number, e.g. selectivity=0.2; got {pair!r}."
+            )
+    return out
+
+
+def _run_scorecards(
+    backbone: Any,
+    results: list[Any],
+    store: Any,
+    transfer_files: tuple[Path, ...],
+    thresholds: dict[str, Any],
+    checks: list[str],
+    seed: int,
+    n_boot: int,
+    batch_size: int,
+    quiet: bool,
+) -> list[Any]:
+    """Return one scorecard per concept: its first dataset is scored, the others serve transfer."""
+    from probes.datasets import load_jsonl, match_label_names
+    from probes.robustness.scorecard import context_from_result, run_scorecard
+
+    groups: dict[str, list[Any]] = {}
+    for r in results:
+        key = r.dataset.concept if r.dataset.concept != "custom" else f"custom:{r.dataset.name}"
+        groups.setdefault(key, []).append(r)
+    cards = []
+    for members in groups.values():
+        primary = members[0]
+        others = [m.dataset for m in members[1:]]
+        others += [
+            match_label_names(load_jsonl(p), primary.dataset.label_names) for p in transfer_files
+        ]
+        if not quiet:
+            click.echo(
+                f"scoring robustness of {primary.dataset.concept} on {primary.dataset.name}",
+                err=True,
+            )
+        ctx = context_from_result(
+            backbone,
+            primary,
+            store=store,
+            others=others,
+            seed=seed,
+            n_boot=n_boot,
+            batch_size=batch_size,
+            progress=not quiet,
+        )
+        cards.append(run_scorecard(ctx, thresholds=thresholds, checks=checks))
+    return cards
+
+
+@main.command("checks")
+@click.option("--json", "as_json", is_flag=True)
+def checks_command(as_json: bool) -> None:
+    """List the scorecard checks and the default thresholds that judge them."""
+    from probes.robustness import THRESHOLDS
+    from probes.robustness.scorecard import CHECK_MODULES
+
+    if as_json:
+        _emit_json(
+            {
+                "checks": list(CHECK_MODULES),
+                "thresholds": {
+                    t.name: {"value": t.value, "op": t.op, "description": t.description}
+                    for t in THRESHOLDS.values()
+                },
+            }
+        )
+        return
+    click.echo("checks: presence (always), " + ", ".join(CHECK_MODULES))
+    for t in THRESHOLDS.values():
+        click.echo(f"{t.name:<24} {t.op} {t.value:<6g} {t.description}")
 
 
 @main.group()

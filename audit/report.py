@@ -16,6 +16,7 @@ from plotly.offline import get_plotlyjs
 
 from audit.errors import AuditError
 from probes.backbone import Backbone
+from probes.robustness.scorecard import Scorecard
 from probes.run import DatasetProbeResult
 
 REPORT_SCHEMA_VERSION = 1
@@ -66,7 +67,10 @@ def new_run_dir(out: Path, label: str) -> Path:
 
 
 def build_report(
-    backbone: Backbone, results: list[DatasetProbeResult], settings: dict[str, Any]
+    backbone: Backbone,
+    results: list[DatasetProbeResult],
+    settings: dict[str, Any],
+    scorecards: list[Scorecard] | None = None,
 ) -> dict[str, Any]:
     """Return the report as a JSON-ready dict holding every figure the HTML and markdown show."""
     datasets, sections = [], []
@@ -108,6 +112,7 @@ def build_report(
         "settings": settings,
         "datasets": datasets,
         "results": sections,
+        "scorecards": [card.as_dict() for card in scorecards or []],
     }
 
 
@@ -163,6 +168,30 @@ def _score_rows(section: dict[str, Any]) -> list[list[str]]:
 
 
 _HEADER = ["probe", "layer", "AUROC [95% CI]", "accuracy [95% CI]", "C"]
+_CARD_HEADER = ["check", "figure [95% CI]", "threshold", "verdict", "why"]
+
+
+def _overall(card: dict[str, Any]) -> str:
+    if card["overall"] == "fragile":
+        return f"fragile (failed: {', '.join(card['failed'])})"
+    return str(card["overall"])
+
+
+def _card_rows(card: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for c in card["checks"]:
+        fig = c["figure"]
+        if fig is None:
+            figure = "-"
+        elif abs(fig["high"] - fig["low"]) < 1e-12:
+            figure = f"{fig['value']:.3f}"
+        else:
+            figure = f"{fig['value']:.3f} [{fig['low']:.3f}, {fig['high']:.3f}]"
+        t = c["threshold"]
+        threshold = f"{t['op']} {t['value']:g}" if t else ""
+        label = f"{c['check']}: {c['figure_label']}" if c["figure_label"] else c["check"]
+        rows.append([label, figure, threshold, c["verdict"], c["reason"]])
+    return rows
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -193,6 +222,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
         lines += ["", "| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
         lines += ["| " + " | ".join(row) + " |" for row in _score_rows(section)]
+    for card in report.get("scorecards", []):
+        lines += [
+            "",
+            f"## Scorecard: {card['concept']} on {card['dataset']}: **{_overall(card)}**",
+            "",
+        ]
+        lines += ["| " + " | ".join(_CARD_HEADER) + " |", "|" + "---|" * len(_CARD_HEADER)]
+        lines += ["| " + " | ".join(row) + " |" for row in _card_rows(card)]
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
     lines += ["", f"Versions: {versions}.", ""]
     return "\n".join(lines)
@@ -206,7 +243,10 @@ def render_html(report: dict[str, Any]) -> str:
         f"<title>Probe report: {html.escape(b['name'])}</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;"
         "color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-        "padding:3px 8px;font-size:14px}th{background:#f3f3f3}code{background:#f6f6f6}</style>",
+        "padding:3px 8px;font-size:14px}th{background:#f3f3f3}code{background:#f6f6f6}"
+        "tr.fail td{background:#fde8e8}tr.pass td{background:#eaf7ea}tr.skipped td{color:#888}"
+        ".verdict-robust{color:#1a7f37}.verdict-fragile{color:#b35900}.verdict-absent{color:#b00}"
+        "</style>",
         f"<script>{get_plotlyjs()}</script></head><body>",
         f"<h1>Probe report</h1><p>Backbone <b>{html.escape(b['name'])}</b> "
         f"({html.escape(b['architecture'])}, {b['n_layers']} layers, d_model {b['d_model']}), "
@@ -232,9 +272,31 @@ def render_html(report: dict[str, Any]) -> str:
         for row in _score_rows(section):
             parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
         parts.append("</table>")
+    for card in report.get("scorecards", []):
+        parts.append(
+            f"<h2>Scorecard: {html.escape(card['concept'])} on {html.escape(card['dataset'])}: "
+            f"<span class='verdict-{card['overall']}'>{html.escape(_overall(card))}</span></h2>"
+        )
+        parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in _CARD_HEADER) + "</tr>")
+        for row in _card_rows(card):
+            parts.append(
+                f"<tr class='{row[3]}'>"
+                + "".join(f"<td>{html.escape(c)}</td>" for c in row)
+                + "</tr>"
+            )
+        parts.append("</table>")
+        for fig in scorecard_figures(card):
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
     parts.append(f"<p><small>Versions: {html.escape(versions)}</small></p></body></html>")
     return "\n".join(parts)
+
+
+def scorecard_figures(card: dict[str, Any]) -> list[go.Figure]:
+    """Return the plots a scorecard's details support (transfer, calibration, geometry)."""
+    from audit.scorecard_plots import figures_for_card
+
+    return figures_for_card(card, card.get("label_names"))
 
 
 def list_reports(folder: Path) -> list[Path]:

@@ -190,10 +190,23 @@ class Backbone:
         *,
         device: str = "cpu",
         max_length: int | None = None,
+        weights: str = "pretrained",
+        seed: int = 0,
     ) -> Backbone:
-        """Return the frozen backbone named by ``spec`` (bundled alias, folder or HF name)."""
+        """Return the frozen backbone named by ``spec`` (bundled alias, folder or HF name).
+
+        ``weights="random"`` gives the same architecture and tokenizer with the architecture's
+        own random initialisation, drawn from ``seed`` (a baseline for what an untrained
+        network decodes); it is named ``<name>-random-<seed>`` and fingerprinted by its weights.
+        """
         from probes.bundled import DEFAULT_BACKBONE, resolve_model_folder
 
+        if weights not in ("pretrained", "random"):
+            raise InvalidInputError(
+                f"The 'weights' parameter of Backbone.load must be 'pretrained' or 'random'. "
+                f"Got {weights!r} instead."
+            )
+        random_init = weights == "random"
         spec = spec or DEFAULT_BACKBONE
         name, folder = resolve_model_folder(spec)
         if folder is not None:
@@ -205,21 +218,33 @@ class Backbone:
         target = str(folder) if folder is not None else spec
         logger.info("booting backbone %s from %s on %s", name, target, device)
         try:
-            with _quiet_transformers():
-                bridge = TransformerBridge.boot_transformers(target, device=device)
+            # Without weights the bridge builds the model with ``from_config``, which draws
+            # from torch's global generator: seed it, and give the caller's state back after.
+            with _quiet_transformers(), torch.random.fork_rng(devices=[], enabled=random_init):
+                if random_init:
+                    torch.manual_seed(seed)
+                bridge = TransformerBridge.boot_transformers(
+                    target, device=device, load_weights=not random_init
+                )
         except (OSError, ValueError) as exc:
             raise InvalidInputError(
                 f"Could not boot backbone {spec!r}: {exc}. Give a bundled alias (minilm, smollm2), "
                 "an existing Hugging Face model folder, or a model name present in your local "
                 "Hugging Face cache (this machine may have no hub access)."
             ) from exc
+        if random_init:  # from_config leaves device and dtype to the caller
+            bridge.original_model.to(device=device, dtype=torch.float32)
         bridge.eval()
         for param in bridge.parameters():
             param.requires_grad_(False)
-        if folder is not None:
+        if random_init:
+            model: Any = bridge.original_model
+            fingerprint = fingerprint_state(model, model.config.to_json_string())
+            name, folder = f"{name}-random-{seed}", None  # the folder's weights are not its own
+        elif folder is not None:
             fingerprint = fingerprint_folder(folder)
         else:
-            model: Any = bridge.original_model
+            model = bridge.original_model
             fingerprint = fingerprint_state(model, model.config.to_json_string())
         return cls(bridge, name=name, fingerprint=fingerprint, folder=folder, max_length=max_length)
 

@@ -34,6 +34,7 @@ class DatasetProbeResult:
     extraction_seconds: float
     forward_passes: int
     probe_files: dict[str, str] = field(default_factory=dict)  # "<kind>@<hook>" -> json path
+    features: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # hook -> [n, d]
 
     def summary(self) -> dict[str, Any]:
         """Return the dataset's headline figures: best layer and AUROC per probe kind."""
@@ -136,4 +137,5 @@ def probe_dataset(
         extraction_seconds=elapsed,
         forward_passes=backbone.n_forward_passes - forwards_before,
         probe_files=files,
+        features=features,
     )

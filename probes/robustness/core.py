@@ -77,7 +77,7 @@ THRESHOLDS: dict[str, Threshold] = {
             "largest AUROC drop under typos, case changes or dilution",
         ),
         Threshold(
-            "causal_effect", 0.05, ">=", "downstream AUROC drop when the direction is projected out"
+            "causal_effect", 0.02, ">=", "downstream AUROC drop when the direction is projected out"
         ),
         Threshold(
             "erasure_chance", 0.60, "<=", "AUROC of a fresh probe after LEACE at the same layer"

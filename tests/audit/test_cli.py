@@ -115,6 +115,7 @@ def test_probe_bundled_concept_human_output(runner, tmp_path) -> None:
             "2,5",
             "--probe",
             "logistic",
+            "--no-scorecard",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -220,3 +221,77 @@ def test_bench_quick_writes_ratios(runner, tmp_path) -> None:
         )
     assert figures["store_read"]["notes"]["forward_passes_on_reread"] == 0
     assert (next(tmp_path.rglob("bench.md"))).read_text().startswith("Benchmarks on")
+
+
+def test_probe_with_scorecard_flags(runner, toy_jsonl, tmp_path) -> None:
+    args = [
+        "probe",
+        "--concept",
+        "toxicity",
+        "--out",
+        str(tmp_path),
+        "--json",
+        "--quiet",
+        "--n-boot",
+        "200",
+        "--checks",
+        "selectivity,calibration",
+        "--threshold",
+        "selectivity=0.99",
+    ]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    (card,) = summary["scorecards"]
+    assert card["dataset"] == "toxigen"
+    assert card["overall"] == "fragile" and card["failed"] == ["selectivity"]
+    report = json.loads((Path(summary["report_dir"]) / "report.json").read_text())
+    (full,) = report["scorecards"]
+    checks = {c["check"]: c for c in full["checks"]}
+    assert set(checks) == {"presence", "selectivity", "calibration"}
+    assert checks["selectivity"]["threshold"]["value"] == 0.99
+    assert report["settings"]["thresholds"]["selectivity"]["value"] == 0.99
+    html = (Path(summary["report_dir"]) / "report.html").read_text()
+    assert "Scorecard" in html and "reliability" in html
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--threshold", "selectivity"], "NAME=VALUE"),
+        (["--threshold", "vibes=1"], "Unknown threshold 'vibes'"),
+        (["--checks", "vibes"], "Known checks"),
+    ],
+)
+def test_scorecard_flag_errors(runner, toy_jsonl, extra, message: str) -> None:
+    result = runner.invoke(main, ["probe", "--data", str(toy_jsonl), *extra])
+    assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_transfer_file_with_unmatched_labels(runner, toy_jsonl, tmp_path) -> None:
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"text": "a", "label": "spam"}\n{"text": "b", "label": "ham"}\n')
+    result = runner.invoke(
+        main,
+        [
+            "probe",
+            "--data",
+            str(toy_jsonl),
+            "--transfer",
+            str(other),
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--checks",
+            "transfer",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "negative" in result.output and "positive" in result.output
+
+
+def test_checks_command(runner) -> None:
+    result = runner.invoke(main, ["checks", "--json"])
+    assert result.exit_code == 0
+    body = json.loads(result.stdout)
+    assert "causal" in body["checks"] and body["thresholds"]["selectivity"]["op"] == ">="
