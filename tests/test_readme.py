@@ -57,5 +57,7 @@ def test_readme_console_command_runs(command: str, tmp_path, monkeypatch) -> Non
 def test_readme_python_example_runs(capsys) -> None:
     (code,) = _blocks("python")
     exec(compile(code, "README.md", "exec"), {})
-    layer, auroc = capsys.readouterr().out.split(maxsplit=1)
+    first, verdict = capsys.readouterr().out.strip().splitlines()
+    layer, auroc = first.split(maxsplit=1)
     assert 0 <= int(layer) < 6 and float(auroc.split()[0]) > 0.6
+    assert verdict.split()[0] in ("robust", "fragile", "absent")
