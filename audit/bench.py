@@ -233,11 +233,23 @@ def bench_scorecard(ctx: BenchContext) -> list[Figure]:
             probe_dir=Path(tmp) / "probes",
         )
         sweep_seconds = time.perf_counter() - start
+        # As `audit probe` does: every dataset of the concept is swept, then the scorecard runs.
+        other_results = [
+            probe_dataset(
+                ctx.backbone,
+                d,
+                store=store,
+                n_boot=1000,
+                progress=False,
+                probe_dir=Path(tmp) / "probes",
+            )
+            for d in others
+        ]
         check_ctx = context_from_result(
             ctx.backbone,
             result,
             store=store,
-            others=others,
+            other_results=other_results,
             batch_size=ctx.batch_size,
             progress=False,
         )
@@ -306,11 +318,9 @@ def _markdown(payload: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for f in payload["figures"]:
-        goal = (
-            ""
-            if f["goal"] is None
-            else f">= {f['goal']:g}x " + ("ok" if f["meets_goal"] else "MISSED")
-        )
+        op = ">=" if f["higher_is_better"] else "<="
+        verdict = "ok" if f["meets_goal"] else "MISSED"
+        goal = "" if f["goal"] is None else f"{op} {f['goal']:g}x {verdict}"
         lines.append(
             f"| {f['benchmark']} | {f['name']} | {f['ours']:.1f} {f['unit']} | "
             f"{f['baseline']:.1f} ({f['baseline_name']}) | {f['ratio']:.2f}x | {goal} |"

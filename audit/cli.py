@@ -6,10 +6,11 @@ one line on stderr and exit 1; progress and logs go to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -220,102 +221,115 @@ def probe(
     )
     label = "+".join(sorted({d.concept if d.concept != "custom" else d.name for d in datasets}))
     run_dir = new_run_dir(out, label)  # fail on an unwritable folder before any compute
-    backbone = Backbone.load(backbone_spec, device=device, max_length=max_length)
-    hooks = backbone.resid_hooks()
-    if layers:
-        try:
-            chosen = [int(x) for x in layers.split(",") if x.strip()]
-        except ValueError as exc:
-            raise InvalidInputError(
-                f"--layers must be comma-separated ints; got {layers!r}."
-            ) from exc
-        bad = [x for x in chosen if not 0 <= x < backbone.n_layers]
-        if bad:
-            raise InvalidInputError(
-                f"--layers {bad} out of range: this backbone has layers 0..{backbone.n_layers - 1}."
+    with _discard_if_empty(run_dir):
+        backbone = Backbone.load(backbone_spec, device=device, max_length=max_length)
+        hooks = backbone.resid_hooks()
+        if layers:
+            try:
+                chosen = [int(x) for x in layers.split(",") if x.strip()]
+            except ValueError as exc:
+                raise InvalidInputError(
+                    f"--layers must be comma-separated ints; got {layers!r}."
+                ) from exc
+            bad = [x for x in chosen if not 0 <= x < backbone.n_layers]
+            if bad:
+                raise InvalidInputError(
+                    f"--layers {bad} out of range: this backbone has layers 0..{backbone.n_layers - 1}."
+                )
+            hooks = [hooks[x] for x in chosen]
+        store = ActivationStore()
+        kinds = probe_kinds or ("logistic", "mass_mean")
+        results = []
+        for dataset in datasets:
+            if not quiet:
+                click.echo(
+                    f"probing {dataset.name} ({dataset.n_samples} texts) on {backbone.name}",
+                    err=True,
+                )
+            results.append(
+                probe_dataset(
+                    backbone,
+                    dataset,
+                    store=store,
+                    hook_names=hooks,
+                    pooling=pooling,
+                    probe_kinds=kinds,
+                    test_size=test_size,
+                    seed=seed,
+                    n_boot=n_boot,
+                    batch_size=batch_size,
+                    progress=not quiet,
+                )
             )
-        hooks = [hooks[x] for x in chosen]
-    store = ActivationStore()
-    kinds = probe_kinds or ("logistic", "mass_mean")
-    results = []
-    for dataset in datasets:
-        if not quiet:
-            click.echo(
-                f"probing {dataset.name} ({dataset.n_samples} texts) on {backbone.name}", err=True
-            )
-        results.append(
-            probe_dataset(
+        scorecards = []
+        if scorecard:
+            scorecards = _run_scorecards(
                 backbone,
-                dataset,
-                store=store,
-                hook_names=hooks,
-                pooling=pooling,
-                probe_kinds=kinds,
-                test_size=test_size,
-                seed=seed,
-                n_boot=n_boot,
-                batch_size=batch_size,
-                progress=not quiet,
+                results,
+                store,
+                transfer_files,
+                thresholds,
+                check_list,
+                seed,
+                n_boot,
+                batch_size,
+                quiet,
             )
-        )
-    scorecards = []
-    if scorecard:
-        scorecards = _run_scorecards(
-            backbone,
-            results,
-            store,
-            transfer_files,
-            thresholds,
-            check_list,
-            seed,
-            n_boot,
-            batch_size,
-            quiet,
-        )
-    settings = {
-        "scorecard": scorecard,
-        "checks": check_list if scorecard else [],
-        "thresholds": {t.name: {"value": t.value, "op": t.op} for t in thresholds.values()},
-        "transfer_files": [str(p) for p in transfer_files],
-        "pooling": pooling,
-        "hook_names": hooks,
-        "probe_kinds": list(kinds),
-        "max_samples": max_samples,
-        "test_size": test_size,
-        "seed": seed,
-        "n_boot": n_boot,
-        "batch_size": batch_size,
-    }
-    report = build_report(backbone, results, settings, scorecards)
-    paths = write_report(report, run_dir)
-    if as_json:
-        _emit_json(
-            {
-                "report_dir": str(run_dir),
-                "files": {k: str(v) for k, v in paths.items()},
-                "backbone": report["backbone"],
-                "results": [r.summary() for r in results],
-                "scorecards": [
-                    {
-                        "concept": c.concept,
-                        "dataset": c.dataset,
-                        "overall": c.overall,
-                        "failed": c.failed,
-                    }
-                    for c in scorecards
-                ],
-            }
-        )
-        return
-    for r in results:
-        best = r.sweep.best("logistic" if "logistic" in kinds else kinds[0])
-        truncated = f", {r.n_truncated} truncated" if r.n_truncated else ""
-        click.echo(
-            f"{r.dataset.name:>16}: best {best.probe} layer {best.layer} AUROC {best.auroc}{truncated}"
-        )
-    for card in scorecards:
-        click.echo(f"{card.dataset:>16}: {card.concept} is {card.summary_line()}")
-    click.echo(f"report: {paths['html']}")
+        settings = {
+            "scorecard": scorecard,
+            "checks": check_list if scorecard else [],
+            "thresholds": {t.name: {"value": t.value, "op": t.op} for t in thresholds.values()},
+            "transfer_files": [str(p) for p in transfer_files],
+            "pooling": pooling,
+            "hook_names": hooks,
+            "probe_kinds": list(kinds),
+            "max_samples": max_samples,
+            "test_size": test_size,
+            "seed": seed,
+            "n_boot": n_boot,
+            "batch_size": batch_size,
+        }
+        report = build_report(backbone, results, settings, scorecards)
+        paths = write_report(report, run_dir)
+        if as_json:
+            _emit_json(
+                {
+                    "report_dir": str(run_dir),
+                    "files": {k: str(v) for k, v in paths.items()},
+                    "backbone": report["backbone"],
+                    "results": [r.summary() for r in results],
+                    "scorecards": [
+                        {
+                            "concept": c.concept,
+                            "dataset": c.dataset,
+                            "overall": c.overall,
+                            "failed": c.failed,
+                        }
+                        for c in scorecards
+                    ],
+                }
+            )
+            return
+        for r in results:
+            best = r.sweep.best("logistic" if "logistic" in kinds else kinds[0])
+            truncated = f", {r.n_truncated} truncated" if r.n_truncated else ""
+            click.echo(
+                f"{r.dataset.name:>16}: best {best.probe} layer {best.layer} AUROC {best.auroc}{truncated}"
+            )
+        for card in scorecards:
+            click.echo(f"{card.dataset:>16}: {card.concept} is {card.summary_line()}")
+        click.echo(f"report: {paths['html']}")
+
+
+@contextlib.contextmanager
+def _discard_if_empty(run_dir: Path) -> Iterator[None]:
+    """Remove the run folder again if the run fails before writing anything into it."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only succeeds while the folder is empty
+        raise
 
 
 def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, float]:
@@ -356,8 +370,7 @@ def _run_scorecards(
     cards = []
     for members in groups.values():
         primary = members[0]
-        others = [m.dataset for m in members[1:]]
-        others += [
+        others = [
             match_label_names(load_jsonl(p), primary.dataset.label_names) for p in transfer_files
         ]
         if not quiet:
@@ -370,6 +383,7 @@ def _run_scorecards(
             primary,
             store=store,
             others=others,
+            other_results=members[1:],
             seed=seed,
             n_boot=n_boot,
             batch_size=batch_size,

@@ -142,6 +142,9 @@ class CheckContext:
     sweep: SweepResult
     pooling: str = "mean"
     others: list[ConceptDataset] = field(default_factory=list)  # more datasets of the concept
+    # Layer sweeps the caller already ran on some of ``others`` (by dataset hash), so that checks
+    # reuse their split and fitted probes instead of sweeping again.
+    other_sweeps: dict[str, tuple[Split, SweepResult]] = field(default_factory=dict)
     seed: int = 0
     n_boot: int = 1000
     batch_size: int = 32

@@ -131,12 +131,17 @@ def context_from_result(
     *,
     store: ActivationStore,
     others: Sequence[ConceptDataset] = (),
+    other_results: Sequence[DatasetProbeResult] = (),
     seed: int = 0,
     n_boot: int = 1000,
     batch_size: int = 32,
     progress: bool = True,
 ) -> CheckContext:
-    """Return the check context of a probed dataset: its stored features, split and sweep."""
+    """Return the check context of a probed dataset: its stored features, split and sweep.
+
+    ``other_results`` are sweeps already run on more datasets of the concept: they serve transfer
+    (with ``others``) and are not swept again.
+    """
     labels = (result.dataset.labels == 1).astype(int)
     return CheckContext(
         backbone=backbone,
@@ -147,7 +152,8 @@ def context_from_result(
         labels=labels,
         sweep=result.sweep,
         pooling=result.pooling,
-        others=list(others),
+        others=list(others) + [r.dataset for r in other_results],
+        other_sweeps={r.dataset.hash: (r.split, r.sweep) for r in other_results},
         seed=seed,
         n_boot=n_boot,
         batch_size=batch_size,

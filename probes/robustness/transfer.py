@@ -92,9 +92,13 @@ def _other_source(ctx: CheckContext, dataset: ConceptDataset, watch: Stopwatch) 
             progress=ctx.progress,
             dataset_name=dataset.name,
         )
+    features = {h: extraction.pooled[(h, ctx.pooling)] for h in hooks}
+    labels = (dataset.labels == 1).astype(int)
+    if dataset.hash in ctx.other_sweeps:  # swept already (e.g. by `audit probe`): reuse it
+        split, done = ctx.other_sweeps[dataset.hash]
+        with watch.fit():
+            return _Source.of(dataset, labels, split, features, done, ctx.seed)
     with watch.fit():
-        features = {h: extraction.pooled[(h, ctx.pooling)] for h in hooks}
-        labels = (dataset.labels == 1).astype(int)
         # The same held-out fraction and seed as the primary dataset's split.
         split = dataset.split(test_size=len(ctx.split.test) / ctx.dataset.n_samples, seed=ctx.seed)
         sweep = sweep_layers(

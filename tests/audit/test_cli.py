@@ -295,3 +295,11 @@ def test_checks_command(runner) -> None:
     assert result.exit_code == 0
     body = json.loads(result.stdout)
     assert "causal" in body["checks"] and body["thresholds"]["selectivity"]["op"] == ">="
+
+
+def test_failed_run_leaves_no_empty_report_folder(runner, tmp_path) -> None:
+    result = runner.invoke(
+        main, ["probe", "--concept", "toxicity", "--layers", "9", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert list(tmp_path.iterdir()) == []

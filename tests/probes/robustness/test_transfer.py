@@ -81,3 +81,25 @@ def test_transfer_file_with_unmatched_labels_is_a_clear_error(tmp_path: Path) ->
         check.attach_transfer_file(SENTIMENT, path)
     message = str(info.value)
     assert "['negative', 'positive']" in message and "happy" in message
+
+
+def test_transfer_reuses_sweeps_the_caller_already_ran(
+    real_context, backbone, tmp_path, monkeypatch
+) -> None:
+    import dataclasses
+
+    import probes.robustness.transfer as transfer
+    from probes import load_dataset, probe_dataset
+    from probes.robustness import load_thresholds
+
+    tweets = load_dataset("tweets", max_samples=200, seed=0)
+    swept = probe_dataset(
+        backbone, tweets, store=real_context.store, n_boot=200, progress=False, probe_dir=tmp_path
+    )
+    ctx = dataclasses.replace(
+        real_context, others=[tweets], other_sweeps={tweets.hash: (swept.split, swept.sweep)}
+    )
+    monkeypatch.setattr(transfer, "sweep_layers", lambda *a, **k: pytest.fail("swept again"))
+    result = transfer.run(ctx, load_thresholds())
+    assert result.verdict in ("pass", "fail")
+    assert result.details["best_layers"]["tweets"] == swept.sweep.best("logistic").layer
