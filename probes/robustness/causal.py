@@ -17,22 +17,20 @@ from probes.robustness.core import (
     CheckResult,
     Stopwatch,
     Threshold,
-    require_samples,
 )
 from probes.robustness.intervene import (
     CLEAN,
     Edit,
     add_direction,
-    choose_layer,
     downstream_effects,
     held_out_tokens,
     identity,
+    intervention_layer_or_skip,
     layer_probes,
     paired_auroc_drop,
     project_out,
     resume_pooled,
     score_pooled,
-    smallest_class_count,
 )
 
 CHECK = "causal"
@@ -46,23 +44,9 @@ STEER_SCALES = (-3.0, 3.0)
 def run(ctx: CheckContext, thresholds: dict[str, Threshold]) -> CheckResult:
     """Return the causal-use result: the largest downstream AUROC drop under projection at L."""
     watch = Stopwatch()
-    skipped = require_samples(
-        CHECK,
-        TITLE,
-        smallest_class_count(ctx),
-        MIN_PER_CLASS,
-        "examples of each class in both the training and the held-out split",
-    )
-    if skipped is not None:
-        return skipped
-    choice = choose_layer(ctx)
-    if choice is None:
-        return CheckResult.skipped(
-            CHECK,
-            TITLE,
-            "needs the stored features of a layer and of at least one later layer; "
-            "the sweep covers none before the last layer.",
-        )
+    choice = intervention_layer_or_skip(ctx, CHECK, TITLE, MIN_PER_CLASS)
+    if isinstance(choice, CheckResult):
+        return choice
     layer = choice.layer
     probes = layer_probes(ctx, [choice.hook_name, *choice.downstream], watch)
     direction = probes[choice.hook_name].direction_

@@ -23,19 +23,17 @@ from probes.robustness.core import (
     CheckResult,
     Stopwatch,
     Threshold,
-    require_samples,
 )
 from probes.robustness.intervene import (
     CLEAN,
-    choose_layer,
     downstream_effects,
     held_out_tokens,
     identity,
+    intervention_layer_or_skip,
     layer_probes,
     paired_auroc_drop,
     resume_pooled,
     score_pooled,
-    smallest_class_count,
 )
 
 CHECK = "erasure"
@@ -65,23 +63,9 @@ def as_float32(eraser: LeaceEraser) -> LeaceEraser:
 def run(ctx: CheckContext, thresholds: dict[str, Threshold]) -> CheckResult:
     """Return the erasure result: held-out AUROC of a fresh probe on LEACE-erased features."""
     watch = Stopwatch()
-    skipped = require_samples(
-        CHECK,
-        TITLE,
-        smallest_class_count(ctx),
-        MIN_PER_CLASS,
-        "examples of each class in both the training and the held-out split",
-    )
-    if skipped is not None:
-        return skipped
-    choice = choose_layer(ctx)
-    if choice is None:
-        return CheckResult.skipped(
-            CHECK,
-            TITLE,
-            "needs the stored features of a layer and of at least one later layer; "
-            "the sweep covers none before the last layer.",
-        )
+    choice = intervention_layer_or_skip(ctx, CHECK, TITLE, MIN_PER_CLASS)
+    if isinstance(choice, CheckResult):
+        return choice
     layer, train, test = choice.layer, ctx.split.train, ctx.split.test
     features = ctx.features[choice.hook_name]
     y_train, y_test = ctx.labels[train], ctx.labels[test]

@@ -20,7 +20,7 @@ from probes.estimators import LogisticProbe
 from probes.hooks import parse_resid, resid_post
 from probes.metrics import Estimate, _auroc_rows, auroc
 from probes.pooling import TOKENS, pool
-from probes.robustness.core import CheckContext, Stopwatch
+from probes.robustness.core import CheckContext, CheckResult, Stopwatch, require_samples
 
 Edit = Callable[[torch.Tensor], torch.Tensor]  # [batch, pos, d_model] -> [batch, pos, d_model]
 CLEAN = "clean"  # the identity edit: the baseline every other edit is compared with
@@ -216,3 +216,27 @@ def paired_auroc_drop(
     point = auroc(clean, positive) - auroc(edited, positive)
     low, high = np.percentile(drops, [2.5, 97.5]) if len(drops) else (np.nan, np.nan)
     return Estimate(point, float(low), float(high))
+
+
+def intervention_layer_or_skip(
+    ctx: CheckContext, check: str, title: str, min_per_class: int
+) -> InterventionLayer | CheckResult:
+    """Return the layer to intervene at, or a skipped result saying what is missing."""
+    skipped = require_samples(
+        check,
+        title,
+        smallest_class_count(ctx),
+        min_per_class,
+        "examples of each class in both the training and the held-out split",
+    )
+    if skipped is not None:
+        return skipped
+    choice = choose_layer(ctx)
+    if choice is None:
+        return CheckResult.skipped(
+            check,
+            title,
+            "needs the stored features of a layer and of at least one later layer; "
+            "the sweep covers none before the last layer.",
+        )
+    return choice
