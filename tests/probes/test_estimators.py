@@ -118,3 +118,15 @@ def test_load_refuses_other_fingerprint_pickles_and_bad_tensors(tmp_path) -> Non
     (tmp_path / "p.json").write_text(json.dumps(body))
     with pytest.raises(CorruptArtifactError, match="kind"):
         load_probe(tmp_path / "p.json")
+
+
+def test_fast_bootstrap_auroc_equals_rank_based_auroc_per_resample() -> None:
+    from probes.metrics import _auroc_resamples, _auroc_rows
+
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.normal(size=120), 1)  # many ties
+    positive = rng.integers(0, 2, 120).astype(bool)
+    idx = rng.integers(0, 120, size=(200, 120))
+    np.testing.assert_allclose(
+        _auroc_resamples(scores, positive, idx), _auroc_rows(scores[idx], positive[idx]), atol=1e-12
+    )
