@@ -177,7 +177,7 @@ class Backbone:
         self.architecture = type(bridge.original_model).__name__
         self.n_forward_passes = 0  # backbone forwards run so far (tests count them)
         self._lock = threading.Lock()
-        self._plain_config = self._twin_config(bridge.original_model.config)
+        self._plain_config = self._twin_config(bridge.original_model)
         self._plain, mapping = plain_twin(bridge.original_model, config=self._plain_config)
         self._plain_layers = [mapping[id(self._original(b))] for b in bridge.blocks]
         self._layer_returns_tuple = self._probe_layer_output()
@@ -254,16 +254,13 @@ class Backbone:
         return inner if inner is not None else block
 
     @staticmethod
-    def _twin_config(config: Any) -> Any:
+    def _twin_config(model: Any) -> Any:
         # The bridge forces eager attention so its attention hooks see the pattern; the plain
-        # twin only reads the residual stream, so it may use the fused kernel a bare HF model uses.
-        twin = copy.copy(config)
-        try:
-            from transformers.modeling_utils import PreTrainedModel  # noqa: F401
-
+        # twin only reads the residual stream, so it may use the fused kernel a bare HF model
+        # uses, where the architecture has one.
+        twin = copy.copy(model.config)
+        if getattr(model, "_supports_sdpa", False):
             twin._attn_implementation = "sdpa"
-        except Exception:  # pragma: no cover - older transformers keep the bridge's choice
-            pass
         return twin
 
     def _probe_layer_output(self) -> bool:
