@@ -73,6 +73,31 @@ def bootstrap_auroc(
     return Estimate(point, float(low), float(high))
 
 
+def bootstrap_auroc_difference(
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Estimate:
+    """Return AUROC(a) minus AUROC(b) on the same rows, with a paired 95% bootstrap interval.
+
+    Both score vectors are resampled with the same row indices, so the interval reflects the
+    difference (an edit's effect, a baseline's gap), not two independent uncertainties added up.
+    """
+    a = np.asarray(scores_a, dtype=np.float64)
+    b = np.asarray(scores_b, dtype=np.float64)
+    positive = np.asarray(labels).astype(bool)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    diffs = _auroc_resamples(a, positive, idx) - _auroc_resamples(b, positive, idx)
+    diffs = diffs[np.isfinite(diffs)]  # resamples that drew one class only
+    point = auroc(a, positive) - auroc(b, positive)
+    low, high = np.percentile(diffs, [2.5, 97.5]) if len(diffs) else (np.nan, np.nan)
+    return Estimate(float(point), float(low), float(high))
+
+
 def bootstrap_accuracy(
     predicted: np.ndarray, labels: np.ndarray, *, n_boot: int = 1000, seed: int = 0
 ) -> Estimate:

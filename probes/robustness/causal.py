@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from probes.metrics import bootstrap_auroc_difference
 from probes.robustness.core import (
     CheckContext,
     CheckResult,
@@ -27,7 +28,6 @@ from probes.robustness.intervene import (
     identity,
     intervention_layer_or_skip,
     layer_probes,
-    paired_auroc_drop,
     project_out,
     resume_pooled,
     score_pooled,
@@ -81,10 +81,10 @@ def run(ctx: CheckContext, thresholds: dict[str, Threshold]) -> CheckResult:
         # maximum over layers instead would bias it upwards.
         worst = max(projected, key=lambda row: float(row["auroc_drop"]))
         hook = str(worst["hook_name"])
-        figure = paired_auroc_drop(
+        figure = bootstrap_auroc_difference(
             scores[CLEAN][hook], scores["project"][hook], labels, n_boot=ctx.n_boot, seed=ctx.seed
         )
-        control = paired_auroc_drop(
+        control = bootstrap_auroc_difference(
             scores[CLEAN][hook],
             scores["project_random"][hook],
             labels,

@@ -16,7 +16,7 @@ import torch
 from concept_erasure import LeaceEraser, LeaceFitter
 
 from probes.estimators import LogisticProbe
-from probes.metrics import auroc, bootstrap_auroc
+from probes.metrics import auroc, bootstrap_auroc, bootstrap_auroc_difference
 from probes.robustness.causal import MIN_PER_CLASS
 from probes.robustness.core import (
     CheckContext,
@@ -31,7 +31,6 @@ from probes.robustness.intervene import (
     identity,
     intervention_layer_or_skip,
     layer_probes,
-    paired_auroc_drop,
     resume_pooled,
     score_pooled,
 )
@@ -96,7 +95,7 @@ def run(ctx: CheckContext, thresholds: dict[str, Threshold]) -> CheckResult:
         downstream = downstream_effects(scores[CLEAN], scores["erase"], y_test)
         worst = max(downstream, key=lambda row: float(row["auroc_drop"]))
         hook = str(worst["hook_name"])
-        drop = paired_auroc_drop(
+        drop = bootstrap_auroc_difference(
             scores[CLEAN][hook], scores["erase"][hook], y_test, n_boot=ctx.n_boot, seed=ctx.seed
         )
 

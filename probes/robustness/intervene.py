@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from probes.backbone import RaggedTokens
 from probes.estimators import LogisticProbe
 from probes.hooks import parse_resid, resid_post
-from probes.metrics import Estimate, _auroc_rows, auroc
+from probes.metrics import Estimate, auroc
 from probes.pooling import TOKENS, pool
 from probes.robustness.core import CheckContext, CheckResult, Stopwatch, require_samples
 
@@ -198,24 +198,6 @@ def downstream_effects(
             }
         )
     return rows
-
-
-def paired_auroc_drop(
-    clean: np.ndarray, edited: np.ndarray, labels: np.ndarray, *, n_boot: int, seed: int
-) -> Estimate:
-    """Return AUROC(clean) - AUROC(edited) with a 95% paired-bootstrap interval over rows.
-
-    Both scores are resampled with the same rows, so the interval reflects the edit's effect and
-    not the spread of the held-out set.
-    """
-    positive = np.asarray(labels).astype(bool)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(clean), size=(n_boot, len(clean)))
-    drops = _auroc_rows(clean[idx], positive[idx]) - _auroc_rows(edited[idx], positive[idx])
-    drops = drops[np.isfinite(drops)]  # resamples that drew one class only
-    point = auroc(clean, positive) - auroc(edited, positive)
-    low, high = np.percentile(drops, [2.5, 97.5]) if len(drops) else (np.nan, np.nan)
-    return Estimate(point, float(low), float(high))
 
 
 def intervention_layer_or_skip(

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from probes.metrics import Estimate, bootstrap_auroc
+from probes.metrics import Estimate, bootstrap_auroc, bootstrap_auroc_difference
 from probes.robustness.core import (
     CheckContext,
     CheckResult,
@@ -30,7 +30,7 @@ from probes.robustness.core import (
     Threshold,
     require_samples,
 )
-from probes.robustness.random_backbone import best_probe, paired_auroc_difference
+from probes.robustness.random_backbone import best_probe
 
 CHECK = "perturbation"
 TITLE = "Perturbation robustness: largest AUROC drop"
@@ -146,7 +146,7 @@ def run(ctx: CheckContext, thresholds: dict[str, Threshold]) -> CheckResult:
         with watch.forward():
             scores = score_texts(ctx, probe, texts, f"{ctx.dataset.name}+{kind}")
         with watch.fit():
-            drops[kind] = paired_auroc_difference(
+            drops[kind] = bootstrap_auroc_difference(
                 clean, scores, labels, n_boot=ctx.n_boot, seed=ctx.seed
             )
             per_kind[kind] = {

@@ -15,7 +15,7 @@ import numpy as np
 
 from probes.backbone import Backbone
 from probes.estimators import LogisticProbe
-from probes.metrics import Estimate, _auroc_rows, auroc
+from probes.metrics import bootstrap_auroc_difference
 from probes.robustness.core import (
     CheckContext,
     CheckResult,
@@ -46,31 +46,6 @@ def random_backbone(backbone: Backbone, seed: int) -> Backbone:
                 seed=seed,
             )
         return _RANDOM_BACKBONES[key]
-
-
-def paired_auroc_difference(
-    scores_a: np.ndarray,
-    scores_b: np.ndarray,
-    labels: np.ndarray,
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> Estimate:
-    """Return AUROC(a) minus AUROC(b) on the same rows, with a paired 95% bootstrap interval.
-
-    Both score vectors are resampled with the same row indices, so the interval reflects the
-    difference, not two independent uncertainties added up.
-    """
-    a = np.asarray(scores_a, dtype=np.float64)
-    b = np.asarray(scores_b, dtype=np.float64)
-    positive = np.asarray(labels).astype(bool)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
-    diffs = _auroc_rows(a[idx], positive[idx]) - _auroc_rows(b[idx], positive[idx])
-    diffs = diffs[np.isfinite(diffs)]  # resamples that drew one class only
-    point = auroc(a, positive) - auroc(b, positive)
-    low, high = np.percentile(diffs, [2.5, 97.5]) if len(diffs) else (np.nan, np.nan)
-    return Estimate(float(point), float(low), float(high))
 
 
 def best_probe(ctx: CheckContext, sweep: SweepResult, features: dict[str, np.ndarray]) -> Any:
@@ -129,7 +104,7 @@ def run(ctx: CheckContext, thresholds: dict[str, Threshold]) -> CheckResult:
             progress=ctx.progress,
         )
         trained_best, rand_best = ctx.sweep.best("logistic"), rand_sweep.best("logistic")
-        gap = paired_auroc_difference(
+        gap = bootstrap_auroc_difference(
             held_out_scores(ctx, ctx.sweep, ctx.features),
             held_out_scores(ctx, rand_sweep, rand_features),
             test_labels,

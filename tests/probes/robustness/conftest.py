@@ -6,6 +6,7 @@ import pytest
 
 from probes import ActivationStore, Backbone, load_dataset, probe_dataset
 from probes.robustness import CheckContext
+from probes.robustness.scorecard import context_from_result
 
 # Small enough to keep each check's test module fast, large enough (about 45 held-out examples
 # per class) that every check's minimum sample count is met and the concept is clearly present.
@@ -25,23 +26,7 @@ def real_context(backbone: Backbone, tmp_path_factory) -> CheckContext:
         progress=False,
         probe_dir=tmp_path_factory.mktemp("robustness-probes"),
     )
-    hooks = backbone.resid_hooks()
-    # Read back from the store (no forward): the pooled features the sweep was fitted on.
-    stored = store.get(backbone, dataset.texts, hooks, (result.pooling,), progress=False)
-    return CheckContext(
-        backbone=backbone,
-        store=store,
-        dataset=dataset,
-        split=result.split,
-        features={hook: stored.pooled[(hook, result.pooling)] for hook in hooks},
-        labels=(dataset.labels == 1).astype(int),
-        sweep=result.sweep,
-        pooling=result.pooling,
-        seed=0,
-        n_boot=200,
-        batch_size=32,
-        progress=False,
-    )
+    return context_from_result(backbone, result, store=store, n_boot=200, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from probes import ActivationStore, Backbone, ConceptDataset, load_dataset, sweep_layers
+from probes.metrics import bootstrap_auroc_difference
 from probes.robustness import THRESHOLDS, CheckContext
 from probes.robustness import random_backbone as check
 
@@ -93,7 +94,7 @@ def test_paired_difference_of_identical_scores_is_exactly_zero() -> None:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 80)
     scores = labels + rng.normal(size=80)
-    diff = check.paired_auroc_difference(scores, scores, labels, n_boot=100)
+    diff = bootstrap_auroc_difference(scores, scores, labels, n_boot=100)
     assert (diff.value, diff.low, diff.high) == (0.0, 0.0, 0.0)
-    flipped = check.paired_auroc_difference(scores, -scores, labels, n_boot=100)
+    flipped = bootstrap_auroc_difference(scores, -scores, labels, n_boot=100)
     assert flipped.low > 0
