@@ -175,7 +175,8 @@ class Backbone:
         self.device = next(bridge.original_model.parameters()).device
         self.hook_names: tuple[str, ...] = tuple(sorted(bridge.hook_dict))
         self.architecture = type(bridge.original_model).__name__
-        self.n_forward_passes = 0  # backbone forwards run so far (tests count them)
+        self.n_forward_passes = 0  # backbone forwards from the embeddings (tests count them)
+        self.n_tail_passes = 0  # forwards of later blocks only, from given activations
         self._lock = threading.Lock()
         self._plain_config = self._twin_config(bridge.original_model)
         self._plain, mapping = plain_twin(bridge.original_model, config=self._plain_config)
@@ -515,20 +516,109 @@ class Backbone:
                 raise InvalidInputError(
                     f"resume() serves residual hooks of blocks after {from_layer}; got {hook!r}."
                 )
-        twin, mapping = plain_twin(self.bridge.original_model, config=self._plain_config)
-        layers = [mapping[id(self._original(b))] for b in self.bridge.blocks]
-        container = next(m for m in twin.modules() if layers[0] in m._modules.values())
-        injected = acts.to(self.device, dtype=next(twin.parameters()).dtype)
-        for name, child in list(container._modules.items()):
-            if child in layers[: from_layer + 1]:
-                i = layers.index(child)
-                container._modules[name] = _Passthrough(
-                    injected if i == from_layer else None, self._layer_returns_tuple
-                )
-        ids = torch.full(attention_mask.shape, self.tokenizer.pad_token_id or 0, device=self.device)
+        runner = self.tail(from_layer + 1)
+        with torch.inference_mode():
+            return runner(acts, attention_mask, hooks)
+
+    def tail(self, first_block: int, blocks: Sequence[nn.Module] | None = None) -> TailRunner:
+        """Return a runner of blocks ``first_block``.. on activations entering ``first_block``.
+
+        ``blocks``, when given, stand in for the backbone's own last ``len(blocks)`` blocks (a
+        tenant's trainable copies); earlier blocks never run. The runner shares every weight
+        tensor with the backbone (no copy) and may run with gradients on.
+        """
+        if not 1 <= first_block < self.n_layers:
+            raise InvalidInputError(
+                f"first_block must be an int in [1, {self.n_layers - 1}]. Got {first_block} instead."
+            )
+        return TailRunner(self, first_block, blocks)
+
+    def forward_padded(
+        self, texts: Sequence[str], hook_names: Sequence[str]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Return per-token activations [n, pos, d_model] of ``texts`` at ``hook_names``, and the mask.
+
+        One forward of the whole list (the caller sizes it), in the given order, stopping after
+        the deepest layer needed; the serving path uses it to read every head's input at once.
+        """
+        hooks = check_hook_names(hook_names, self.hook_names)
+        batch = self.tokenize(texts)
+        ids = batch.input_ids.to(self.device)
+        mask = batch.attention_mask.to(self.device)
         with self._lock, torch.inference_mode():
-            self.n_forward_passes += 1
-            return self._forward_plain(ids, attention_mask.to(self.device), hooks, twin, layers)
+            acts = self._forward(ids, mask, hooks)
+        return acts, mask
+
+
+class TailRunner:
+    """Blocks ``first_block``.. of a backbone, run on activations entering ``first_block``."""
+
+    def __init__(
+        self, backbone: Backbone, first_block: int, blocks: Sequence[nn.Module] | None = None
+    ) -> None:
+        self.backbone = backbone
+        self.first_block = first_block
+        twin, mapping = plain_twin(backbone.bridge.original_model, config=backbone._plain_config)
+        layers = [mapping[id(backbone._original(b))] for b in backbone.bridge.blocks]
+        if blocks is not None and len(blocks) != len(layers) - first_block:
+            raise InvalidInputError(
+                f"A tail from block {first_block} needs {len(layers) - first_block} blocks; "
+                f"got {len(blocks)}."
+            )
+        container = next(m for m in twin.modules() if layers[0] in m._modules.values())
+        self._inject = _Passthrough(None, backbone._layer_returns_tuple)
+        for name, child in list(container._modules.items()):
+            if child not in layers:
+                continue
+            i = layers.index(child)
+            if i < first_block - 1:
+                container._modules[name] = _Passthrough(None, backbone._layer_returns_tuple)
+            elif i == first_block - 1:
+                container._modules[name] = self._inject
+            elif blocks is not None:
+                container._modules[name] = blocks[i - first_block]
+            layers[i] = container._modules[name]  # type: ignore[assignment]
+        self.layers = layers
+        self.model = twin
+        # The final norm and unembedding (decoders), plain modules sharing the backbone's weights.
+        self.final_norm = _plain_component(backbone, mapping, "ln_final")
+        self.unembed = _plain_component(backbone, mapping, "unembed")
+        self._lock = threading.Lock()
+
+    def __call__(
+        self,
+        acts: torch.Tensor,  # [batch, pos, d_model]: resid_post of block first_block - 1
+        attention_mask: torch.Tensor,  # [batch, pos]
+        hook_names: Sequence[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Return residual hooks of blocks >= first_block (default: the last block's output)."""
+        bb = self.backbone
+        hooks = list(hook_names or [resid_post(bb.n_layers - 1)])
+        for hook in hooks:
+            parsed = parse_resid(hook)
+            if parsed is None or parsed.layer < self.first_block or not parsed.post:
+                raise InvalidInputError(
+                    f"A tail from block {self.first_block} serves resid_post hooks of blocks "
+                    f">= {self.first_block}; got {hook!r}."
+                )
+        dtype = next(self.model.parameters()).dtype
+        ids = torch.full(attention_mask.shape, bb.tokenizer.pad_token_id or 0, device=bb.device)
+        with self._lock:
+            self._inject.injected = acts.to(bb.device, dtype=dtype)
+            try:
+                bb.n_tail_passes += 1
+                return bb._forward_plain(
+                    ids, attention_mask.to(bb.device), hooks, self.model, self.layers
+                )
+            finally:
+                self._inject.injected = None
+
+
+def _plain_component(backbone: Backbone, mapping: dict[int, nn.Module], name: str) -> Any:
+    component = getattr(backbone.bridge, name, None)
+    if not isinstance(component, nn.Module):
+        return None
+    return mapping.get(id(backbone._original(component)))
 
 
 class _Passthrough(nn.Module):

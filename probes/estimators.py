@@ -66,6 +66,9 @@ class _LinearProbe(ClassifierMixin, BaseEstimator):
 class LogisticProbe(_LinearProbe):
     """Logistic-regression probe whose L2 strength is chosen by cross-validation on the fit data.
 
+    ``Cs`` is the grid of inverse strengths (or a count, as in LogisticRegressionCV); a grid of one
+    value fits that strength directly, without cross-validation.
+
     Features are standardised inside the probe; ``coef_`` and ``intercept_`` are mapped back to
     the raw activation space, so ``X @ coef_.T + intercept_`` scores raw activations.
     """
@@ -92,8 +95,13 @@ class LogisticProbe(_LinearProbe):
         Z = (X - self.mean_) / self.scale_
         counts = np.unique(y, return_counts=True)[1]
         n_folds = min(self.cv, int(counts.min()))
-        if n_folds >= 2:
-            model: Any = LogisticRegressionCV(
+        fixed = None if isinstance(self.Cs, int) or len(self.Cs) != 1 else float(self.Cs[0])
+        model: Any
+        if fixed is not None:  # one strength given: nothing to choose, so no cross-validation
+            self.C_ = fixed
+            model = LogisticRegression(C=fixed, max_iter=self.max_iter).fit(Z, y)
+        elif n_folds >= 2:
+            model = LogisticRegressionCV(
                 Cs=list(self.Cs) if not isinstance(self.Cs, int) else self.Cs,
                 cv=StratifiedKFold(n_folds, shuffle=True, random_state=self.random_state),
                 scoring="neg_log_loss",

@@ -79,11 +79,13 @@ def sweep_layers(
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    probe_params: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
 ) -> SweepResult:
     """Return the sweep of ``probe_kinds`` over every hook in ``features`` ([n, d] per hook).
 
     Binary labels only (1 = the concept's positive class); probes are fitted on ``train`` rows and
-    scored on ``test`` rows.
+    scored on ``test`` rows. ``probe_params`` sets estimator parameters per (probe kind, hook),
+    e.g. ``{("logistic", hook): {"Cs": (0.1,)}}`` to fit a fixed strength.
     """
     labels = np.asarray(labels)
     classes = np.unique(labels)
@@ -106,7 +108,9 @@ def sweep_layers(
     jobs = [(kind, hook) for hook in features for kind in probe_kinds]
     for kind, hook in tqdm(jobs, desc="probing", disable=not progress, leave=False):
         X = np.asarray(features[hook])
-        probe = clone(PROBE_KINDS[kind]()).fit(X[train], positive[train])
+        probe = clone(PROBE_KINDS[kind]())
+        probe.set_params(**(probe_params or {}).get((kind, hook), {}))
+        probe.fit(X[train], positive[train])
         held_out = probe.decision_function(X[test])
         predicted = probe.predict(X[test])
         params = {"C": float(probe.C_)} if hasattr(probe, "C_") else {}

@@ -2,7 +2,7 @@
 
 A concept that the same architecture with random weights decodes about as well is carried by the
 tokens themselves (lexical), not by anything the backbone learned. The same probe (LogisticProbe,
-the same split, every layer) is fitted on the random backbone's activations, which the store
+the same split, every layer, the L2 strength chosen for that layer of the trained backbone) is fitted on the random backbone's activations, which the store
 keeps under that backbone's own fingerprint; the headline is the gap between the two best layers.
 """
 
@@ -68,6 +68,19 @@ def held_out_scores(
     )
 
 
+def same_strengths(sweep: SweepResult) -> dict[tuple[str, str], dict[str, Any]]:
+    """Return the L2 strength the trained backbone's sweep chose per layer, to fit it again.
+
+    The baseline is the same probe, hyperparameters included: each random-backbone layer is
+    fitted with the strength cross-validation chose for that layer of the trained backbone.
+    """
+    return {
+        key: {"Cs": (float(probe.C_),)}
+        for key, probe in sweep.fitted.items()
+        if key[0] == "logistic" and hasattr(probe, "C_")
+    }
+
+
 def run(ctx: CheckContext, thresholds: dict[str, Threshold]) -> CheckResult:
     """Return the gap between the trained and the random backbone's best-layer AUROC."""
     test_labels = ctx.labels[ctx.split.test]
@@ -102,6 +115,7 @@ def run(ctx: CheckContext, thresholds: dict[str, Threshold]) -> CheckResult:
             n_boot=ctx.n_boot,
             seed=ctx.seed,
             progress=ctx.progress,
+            probe_params=same_strengths(ctx.sweep),
         )
         trained_best, rand_best = ctx.sweep.best("logistic"), rand_sweep.best("logistic")
         gap = bootstrap_auroc_difference(

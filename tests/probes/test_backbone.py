@@ -86,9 +86,9 @@ def test_resid_pre_is_previous_resid_post(backbone: Backbone) -> None:
 def test_resume_from_stored_layer_matches_full_forward(backbone: Backbone) -> None:
     full = backbone.extract(TEXTS, poolings=("tokens",), progress=False)
     acts, mask = full.tokens["blocks.2.hook_resid_post"].padded(range(len(TEXTS)))
-    before = backbone.n_forward_passes
+    before, tails = backbone.n_forward_passes, backbone.n_tail_passes
     out = backbone.resume(2, acts, mask, ["blocks.3.hook_resid_post", "blocks.5.hook_resid_post"])
-    assert backbone.n_forward_passes == before + 1
+    assert (backbone.n_forward_passes, backbone.n_tail_passes) == (before, tails + 1)
     for hook in ("blocks.3.hook_resid_post", "blocks.5.hook_resid_post"):
         for i in range(len(TEXTS)):
             n = int(mask[i].sum())

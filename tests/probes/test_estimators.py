@@ -130,3 +130,18 @@ def test_fast_bootstrap_auroc_equals_rank_based_auroc_per_resample() -> None:
     np.testing.assert_allclose(
         _auroc_resamples(scores, positive, idx), _auroc_rows(scores[idx], positive[idx]), atol=1e-12
     )
+
+
+def test_one_strength_fits_it_without_cross_validation() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, _ = _separable(seed=3)
+    probe = LogisticProbe(Cs=(0.05,)).fit(X, y)
+    assert probe.C_ == 0.05
+    Z = (X - X.mean(0)) / X.std(0)
+    reference = LogisticRegression(C=0.05, max_iter=2000).fit(Z, y)
+    np.testing.assert_allclose(
+        probe.decision_function(X), reference.decision_function(Z), rtol=1e-6, atol=1e-6
+    )
+    # A grid of several strengths is cross-validated and may pick another one.
+    assert LogisticProbe(Cs=(1e-4, 10.0)).fit(X, y).C_ in (1e-4, 10.0)

@@ -60,3 +60,22 @@ def test_sweep_refuses_non_binary_and_one_class_splits() -> None:
     y = np.array([0] * 20 + [1] * 10)
     with pytest.raises(InvalidInputError, match="one class"):
         sweep_layers(X, y, np.arange(20), np.arange(20, 30), progress=False)
+
+
+def test_probe_params_are_set_per_layer() -> None:
+    rng = np.random.default_rng(1)
+    y = np.arange(60) % 2
+    X = {f"blocks.{i}.hook_resid_post": rng.normal(size=(60, 5)) + y[:, None] for i in range(2)}
+    fixed = {("logistic", "blocks.1.hook_resid_post"): {"Cs": (0.003,)}}
+    sweep = sweep_layers(
+        X,
+        y,
+        np.arange(40),
+        np.arange(40, 60),
+        probe_kinds=("logistic",),
+        n_boot=50,
+        progress=False,
+        probe_params=fixed,
+    )
+    assert sweep.fitted[("logistic", "blocks.1.hook_resid_post")].C_ == 0.003
+    assert sweep.scores[1].params == {"C": 0.003}

@@ -98,3 +98,12 @@ def test_paired_difference_of_identical_scores_is_exactly_zero() -> None:
     assert (diff.value, diff.low, diff.high) == (0.0, 0.0, 0.0)
     flipped = bootstrap_auroc_difference(scores, -scores, labels, n_boot=100)
     assert flipped.low > 0
+
+
+def test_random_backbone_is_probed_with_the_trained_layers_strengths(
+    real_context: CheckContext,
+) -> None:
+    strengths = check.same_strengths(real_context.sweep)
+    assert set(strengths) == {k for k in real_context.sweep.fitted if k[0] == "logistic"}
+    for key, params in strengths.items():
+        assert params["Cs"] == (real_context.sweep.fitted[key].C_,)

@@ -1,0 +1,1 @@
+"""Tenants of the shared backbone: their keys, corpora, heads, training jobs and exports."""

@@ -1,0 +1,341 @@
+"""Batched multi-tenant inference: one backbone pass for a batch that mixes many tenants' heads.
+
+A batch of (head, text) rows runs the backbone once, up to the deepest hook any head in it reads,
+then each head on its own rows: linear heads reading the same pooled input are stacked into one
+batched matmul, other heads run on their rows. ``InferenceEngine`` adds what a server needs: a
+bounded LRU cache of heads loaded lazily from the registry, and a gathering queue that fills one
+backbone batch from concurrent requests or waits a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from audit.tenants.heads import Head, HeadOutput, PooledHead, load_head
+from probes.backbone import Backbone
+from probes.errors import InvalidInputError
+from probes.hooks import parse_resid
+from probes.pooling import pool
+
+logger = logging.getLogger(__name__)
+
+Reader = tuple[str, str]  # (hook_name, pooling) a caller wants pooled for every row
+
+
+@dataclass
+class BatchResult:
+    """The outputs of a mixed batch, row by row, and any extra pooled activations asked for."""
+
+    outputs: list[HeadOutput]
+    pooled: dict[Reader, np.ndarray] = field(default_factory=dict)  # [n_rows, d_model]
+    n_backbone_passes: int = 0
+
+
+def run_mixed(
+    backbone: Backbone,
+    heads: Sequence[Head],
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    also: Sequence[Reader] = (),
+) -> BatchResult:
+    """Return ``heads[i]`` applied to ``texts[i]`` for every row, from one backbone pass per chunk.
+
+    Rows are sorted by length into chunks of ``batch_size`` (less padding); each chunk runs the
+    backbone once up to the deepest hook needed by its heads (and by ``also``: readers such as
+    screening probes that share the same forward), then every head on its own rows.
+    """
+    if len(heads) != len(texts):
+        raise InvalidInputError(f"Give one head per text: {len(heads)} heads, {len(texts)} texts.")
+    if not texts:
+        return BatchResult([])
+    for head in heads:
+        if head.meta.backbone_fingerprint != backbone.fingerprint:
+            raise InvalidInputError(
+                f"Head {head.head_id} belongs to another backbone; load it against this one."
+            )
+    lengths = backbone.tokenize(texts).lengths
+    order = np.argsort(-lengths, kind="stable")
+    outputs: list[HeadOutput | None] = [None] * len(texts)
+    pooled: dict[Reader, np.ndarray] = {
+        r: np.zeros((len(texts), backbone.d_model), dtype=np.float32) for r in also
+    }
+    passes = 0
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        chunk_heads = [heads[i] for i in rows]
+        hooks = sorted({h.input_hook for h in chunk_heads} | {r[0] for r in also})
+        acts, mask = backbone.forward_padded([texts[i] for i in rows], hooks)
+        passes += 1
+        for reader in also:
+            pooled[reader][rows] = pool(acts[reader[0]], mask, reader[1]).float().cpu().numpy()
+        for local, out in _apply_heads(chunk_heads, acts, mask).items():
+            outputs[int(rows[local])] = out
+    assert all(o is not None for o in outputs)
+    return BatchResult([o for o in outputs if o is not None], pooled, passes)
+
+
+def _apply_heads(
+    heads: Sequence[Head], acts: dict[str, torch.Tensor], mask: torch.Tensor
+) -> dict[int, HeadOutput]:
+    """Return each row's output: stacked linear heads per input, other heads row group by group."""
+    by_head: dict[int, list[int]] = {}
+    for row, head in enumerate(heads):
+        by_head.setdefault(id(head), []).append(row)
+    unique = {id(h): h for h in heads}
+    results: dict[int, HeadOutput] = {}
+    stacks: dict[tuple[str, str, int, str], list[int]] = {}
+    for key, head in unique.items():
+        if _stackable(head):
+            sig = (head.input_hook, head.meta.pooling, head.meta.n_outputs, head.meta.task)
+            stacks.setdefault(sig, []).append(key)
+            continue
+        rows = by_head[key]
+        x = acts[head.input_hook][rows]
+        m = mask[rows]
+        if head.reads_tokens:
+            width = int(m.sum(1).max())
+            logits = head.logits(x[:, :width], m[:, :width])
+        else:
+            logits = head.logits(pool(x, m, head.meta.pooling))
+        results.update(zip(rows, head.outputs(logits), strict=True))
+    for (hook, pooling, _n_out, _task), keys in stacks.items():
+        rows = [r for k in keys for r in by_head[k]]
+        which = torch.tensor([i for i, k in enumerate(keys) for _ in by_head[k]])
+        weights = torch.stack([_folded(unique[k])[0] for k in keys])  # [H, out, d]
+        biases = torch.stack([_folded(unique[k])[1] for k in keys])  # [H, out]
+        with torch.inference_mode():
+            x = pool(acts[hook][rows], mask[rows], pooling).float()  # [n, d]
+            logits = torch.einsum("nd,nod->no", x, weights[which]) + biases[which]
+        start = 0
+        for i, k in enumerate(keys):
+            n = len(by_head[k])
+            outs = unique[k].outputs(logits[start : start + n])
+            results.update(zip(by_head[k], outs, strict=True))
+            start += n
+            del i
+    return results
+
+
+def _stackable(head: Head) -> bool:
+    return head.kind == "linear" and isinstance(head.module, PooledHead)
+
+
+def _folded(head: Head) -> tuple[torch.Tensor, torch.Tensor]:
+    cached = head.__dict__.get("_folded")
+    if cached is None:
+        assert isinstance(head.module, PooledHead)
+        with torch.no_grad():
+            cached = tuple(t.detach() for t in head.module.folded_linear())
+        head.__dict__["_folded"] = cached
+    return cached
+
+
+def deepest_layer(heads: Sequence[Head]) -> int:
+    """Return the deepest block whose output the heads read (-1 for embeddings only)."""
+    layers = [parse_resid(h.input_hook) for h in heads]
+    return max((p.layer if p.post else p.layer - 1) for p in layers if p is not None)
+
+
+# -------------------------------------------------------------------------- cache
+class HeadCache:
+    """A bounded LRU cache of loaded heads; a miss loads the head through ``loader``."""
+
+    def __init__(self, loader: Callable[[str], Head], capacity: int = 256) -> None:
+        if capacity < 1:
+            raise InvalidInputError(f"capacity must be a positive int. Got {capacity} instead.")
+        self._loader = loader
+        self.capacity = capacity
+        self._heads: OrderedDict[str, Head] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, head_id: str) -> Head:
+        """Return the head ``head_id``, loading it (and evicting the least recent) if needed."""
+        with self._lock:
+            head = self._heads.get(head_id)
+            if head is not None:
+                self._heads.move_to_end(head_id)
+                self.hits += 1
+                return head
+        head = self._loader(head_id)  # outside the lock: loading may take a while
+        with self._lock:
+            self.misses += 1
+            self._heads[head_id] = head
+            self._heads.move_to_end(head_id)
+            while len(self._heads) > self.capacity:
+                self._heads.popitem(last=False)
+        return head
+
+    def evict(self, head_id: str) -> None:
+        """Forget ``head_id`` (after it is deleted or retrained)."""
+        with self._lock:
+            self._heads.pop(head_id, None)
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    def __contains__(self, head_id: object) -> bool:
+        return head_id in self._heads
+
+
+def registry_loader(backbone: Backbone, registry: Any) -> Callable[[str], Head]:
+    """Return a loader of ready heads by id from ``registry`` (an audit.tenants Registry)."""
+
+    def load(head_id: str) -> Head:
+        record = registry.head_by_id(head_id)
+        if record is None or record.status != "ready" or not record.path:
+            raise InvalidInputError(f"Head {head_id!r} is not ready to serve.")
+        return load_head(record.path, backbone)
+
+    return load
+
+
+# ------------------------------------------------------------------------- engine
+@dataclass
+class _Pending:
+    head_id: str
+    texts: list[str]
+    future: Future[list[HeadOutput]]
+    readers: tuple[Reader, ...] = ()
+    pooled_future: Future[dict[Reader, np.ndarray]] | None = None
+
+
+class InferenceEngine:
+    """Serves (head, texts) requests from many threads in gathered, mixed backbone batches.
+
+    ``submit`` returns a Future at once; a worker thread takes queued requests until one
+    backbone batch (``max_batch`` texts) is full or ``max_wait_ms`` has passed since the first,
+    runs them as one mixed batch, and resolves every Future with its own rows.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        loader: Callable[[str], Head],
+        *,
+        cache_size: int = 256,
+        max_batch: int = 64,
+        max_wait_ms: float = 5.0,
+    ) -> None:
+        self.backbone = backbone
+        self.cache = HeadCache(loader, cache_size)
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.n_batches = 0
+        self.n_texts = 0
+
+    def start(self) -> InferenceEngine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def __enter__(self) -> InferenceEngine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def submit(
+        self, head_id: str, texts: Sequence[str], readers: Sequence[Reader] = ()
+    ) -> Future[list[HeadOutput]]:
+        """Queue ``texts`` for head ``head_id``; return a Future of their outputs.
+
+        ``readers`` asks for pooled activations of the same forward (for screening); they come
+        back through ``pooled_future`` of the returned Future (attribute ``pooled``).
+        """
+        if self._thread is None:
+            self.start()
+        pending = _Pending(head_id, list(texts), Future(), tuple(readers))
+        if readers:
+            pending.pooled_future = Future()
+            pending.future.pooled = pending.pooled_future  # type: ignore[attr-defined]
+        self._queue.put(pending)
+        return pending.future
+
+    def predict(self, head_id: str, texts: Sequence[str]) -> list[HeadOutput]:
+        """Return the outputs of ``texts`` for ``head_id``, served through the gathering queue."""
+        return self.submit(head_id, texts).result()
+
+    def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
+        batch, size = [first], len(first.texts)
+        deadline = time.monotonic() + self.max_wait
+        while size < self.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+            size += len(item.texts)
+        return batch, False
+
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stopping = self._gather(first)
+            self._serve(batch)
+            if stopping:
+                return
+
+    def _serve(self, batch: list[_Pending]) -> None:
+        heads: list[Head] = []
+        texts: list[str] = []
+        live: list[_Pending] = []
+        for item in batch:
+            try:
+                head = self.cache.get(item.head_id)
+            except Exception as exc:  # one bad head fails its own request, not the batch
+                item.future.set_exception(exc)
+                continue
+            live.append(item)
+            heads += [head] * len(item.texts)
+            texts += item.texts
+        if not live:
+            return
+        readers = sorted({r for item in live for r in item.readers})
+        try:
+            result = run_mixed(self.backbone, heads, texts, batch_size=self.max_batch, also=readers)
+        except Exception as exc:
+            logger.exception("mixed batch of %d texts failed", len(texts))
+            for item in live:
+                item.future.set_exception(exc)
+            return
+        self.n_batches += 1
+        self.n_texts += len(texts)
+        start = 0
+        for item in live:
+            stop = start + len(item.texts)
+            if item.pooled_future is not None:
+                item.pooled_future.set_result(
+                    {r: result.pooled[r][start:stop] for r in item.readers}
+                )
+            item.future.set_result(result.outputs[start:stop])
+            start = stop
