@@ -560,5 +560,10 @@ def bench(
     click.echo(f"written: {result.json_path}")
 
 
+from audit.serve_cli import serve  # noqa: E402
+
+main.add_command(serve)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

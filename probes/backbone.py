@@ -534,17 +534,23 @@ class Backbone:
         return TailRunner(self, first_block, blocks)
 
     def forward_padded(
-        self, texts: Sequence[str], hook_names: Sequence[str]
+        self, texts: Sequence[str], hook_names: Sequence[str], *, width: int | None = None
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Return per-token activations [n, pos, d_model] of ``texts`` at ``hook_names``, and the mask.
 
         One forward of the whole list (the caller sizes it), in the given order, stopping after
         the deepest layer needed; the serving path uses it to read every head's input at once.
+        ``width`` pads every row to that many positions (at least the longest text's): a text's
+        activations then do not depend on which other texts share its batch.
         """
         hooks = check_hook_names(hook_names, self.hook_names)
         batch = self.tokenize(texts)
-        ids = batch.input_ids.to(self.device)
-        mask = batch.attention_mask.to(self.device)
+        ids, mask = batch.input_ids, batch.attention_mask
+        if width is not None and width > ids.shape[1]:
+            extra = width - ids.shape[1]
+            ids = nn.functional.pad(ids, (0, extra), value=self.tokenizer.pad_token_id or 0)
+            mask = nn.functional.pad(mask, (0, extra), value=0)
+        ids, mask = ids.to(self.device), mask.to(self.device)
         with self._lock, torch.inference_mode():
             acts = self._forward(ids, mask, hooks)
         return acts, mask

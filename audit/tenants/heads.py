@@ -55,7 +55,7 @@ class HeadSpec:
     task: str = "classification"
     hidden: int = 256  # mlp width
     epochs: int = 30
-    lr: float | None = None  # default: 1e-2 for linear/mlp, 1e-4 for blocks
+    lr: float | None = None  # default: 1e-3 for linear/mlp, 1e-4 for blocks
     batch_size: int = 32
     patience: int = 3  # epochs without a better validation loss before stopping
     val_fraction: float = 0.2
@@ -102,7 +102,7 @@ class HeadSpec:
             raise InvalidInputError(
                 f"val_fraction must be in [0.05, 0.5]. Got {self.val_fraction} instead."
             )
-        lr = self.lr if self.lr is not None else (1e-4 if self.kind == "blocks" else 1e-2)
+        lr = self.lr if self.lr is not None else (1e-4 if self.kind == "blocks" else 1e-3)
         return replace(self, layer=n - 1 if self.kind == "blocks" else layer, lr=lr)
 
 
@@ -127,6 +127,8 @@ class HeadMeta(BaseModel):
     d_model: int
     n_outputs: int
     label_names: list[str] = Field(default_factory=list)
+    target_mean: float = 0.0  # regression heads predict standardised values; outputs undo it
+    target_scale: float = 1.0
     backbone_name: str
     backbone_fingerprint: str
     corpus_id: str | None = None
@@ -266,8 +268,14 @@ class Head:
 
     def outputs(self, logits: torch.Tensor) -> list[HeadOutput]:
         """Return one HeadOutput per row of ``logits`` (classification or regression heads)."""
+        if self.meta.task == "lm":
+            raise InvalidInputError(
+                f"Head {self.head_id} is a language-model head: it writes text, it does not "
+                "label it. Use audit.tenants.lm.generate (or perplexity) instead of predict."
+            )
         if self.meta.task == "regression":
-            return [HeadOutput(None, {}, float(v)) for v in logits[:, 0].tolist()]
+            mean, scale = self.meta.target_mean, self.meta.target_scale
+            return [HeadOutput(None, {}, float(v) * scale + mean) for v in logits[:, 0].tolist()]
         probs = torch.softmax(logits.float(), dim=-1).tolist()
         names = self.meta.label_names
         return [
@@ -292,9 +300,11 @@ def build_module(meta: HeadMeta, backbone: Backbone) -> nn.Module:
 # ---------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class _Targets:
-    y: np.ndarray  # class indices (classification) or floats (regression)
+    y: np.ndarray  # class indices (classification) or standardised floats (regression)
     label_names: tuple[str, ...]
     n_outputs: int
+    mean: float = 0.0
+    scale: float = 1.0
 
 
 def _targets(labels: Sequence[Any], task: str) -> _Targets:
@@ -308,7 +318,8 @@ def _targets(labels: Sequence[Any], task: str) -> _Targets:
             ) from exc
         if not np.isfinite(y).all() or float(y.std()) == 0.0:
             raise InvalidInputError("A regression head needs finite labels that are not all equal.")
-        return _Targets(y, (), 1)
+        mean, scale = float(y.mean()), float(y.std())
+        return _Targets((y - mean) / scale, (), 1, mean, scale)
     names = tuple(sorted({str(v) for v in labels}))
     if len(names) < 2:
         raise InvalidInputError(
@@ -429,6 +440,8 @@ def train_head(
         d_model=backbone.d_model,
         n_outputs=targets.n_outputs,
         label_names=list(targets.label_names),
+        target_mean=targets.mean,
+        target_scale=targets.scale,
         backbone_name=backbone.name,
         backbone_fingerprint=backbone.fingerprint,
         corpus_id=corpus_id,
@@ -516,7 +529,7 @@ def _evaluate(
     if spec.task == "regression":
         pred = out[:, 0].numpy()
         resid = pred - targets.y[rows]
-        metrics["val_rmse"] = float(np.sqrt(np.mean(resid**2)))
+        metrics["val_rmse"] = float(np.sqrt(np.mean(resid**2))) * targets.scale
         var = float(np.var(targets.y[rows])) or 1.0
         metrics["val_r2"] = float(1 - np.mean(resid**2) / var)
         return metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -70,9 +71,9 @@ def parse_corpus(
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        bad_line = data[: exc.start].count(b"\n") + 1
         raise CorpusError(
-            f"The corpus is not UTF-8 text: line {line} holds byte 0x{data[exc.start]:02x}. "
+            f"The corpus is not UTF-8 text: line {bad_line} holds byte 0x{data[exc.start]:02x}. "
             "Save it as UTF-8."
         ) from exc
     texts: list[str] = []
@@ -288,11 +289,37 @@ class TenantService:
         self.engine.cache.evict(head_id)
         return self.registry.delete_head(tenant_id, head_id)
 
+    def delete_corpus(self, tenant_id: str, corpus_id: str) -> bool:
+        """Delete a tenant's corpus (row, file, stored activations); heads trained on it stay."""
+        corpus = self.registry.get_corpus(tenant_id, corpus_id)
+        if corpus is None or not self.registry.delete_corpus(tenant_id, corpus_id):
+            return False
+        self._erase_activations([corpus.texts_hash])
+        return True
+
     def delete_tenant(self, tenant_id: str) -> bool:
-        """Delete a tenant with its keys, corpora, heads and files."""
+        """Delete a tenant with its keys, corpora, heads, files and stored activations."""
         for record in self.registry.list_heads(tenant_id):
             self.engine.cache.evict(record.head_id)
-        return self.registry.delete_tenant(tenant_id)
+        hashes = [c.texts_hash for c in self.registry.list_corpora(tenant_id)]
+        deleted = self.registry.delete_tenant(tenant_id)
+        self._erase_activations(hashes)
+        return deleted
+
+    def _erase_activations(self, hashes: Sequence[str]) -> None:
+        """Remove the store's activations of texts that no remaining corpus holds.
+
+        Activations are derived from the tenant's texts (and partly invertible), so they go
+        with them; the store's layout is ``<fingerprint>/<texts hash[:32]>/``.
+        """
+        still_used = {
+            c.texts_hash
+            for t in self.registry.list_tenants()
+            for c in self.registry.list_corpora(t.tenant_id)
+        }
+        for digest in set(hashes) - still_used:
+            for folder in self.store.root.glob(f"*/{digest[:32]}"):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _public(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,9 +52,10 @@ def run_mixed(
 ) -> BatchResult:
     """Return ``heads[i]`` applied to ``texts[i]`` for every row, from one backbone pass per chunk.
 
-    Rows are sorted by length into chunks of ``batch_size`` (less padding); each chunk runs the
-    backbone once up to the deepest hook needed by its heads (and by ``also``: readers such as
-    screening probes that share the same forward), then every head on its own rows.
+    Rows are grouped by padded width (``padded_widths``) into chunks of at most ``batch_size``;
+    each chunk runs the backbone once up to the deepest hook needed by its heads (and by
+    ``also``: readers such as screening probes that share the same forward), then every head on
+    its own rows. Each row's output is bit-for-bit the one it gets when served alone.
     """
     if len(heads) != len(texts):
         raise InvalidInputError(f"Give one head per text: {len(heads)} heads, {len(texts)} texts.")
@@ -65,18 +66,22 @@ def run_mixed(
             raise InvalidInputError(
                 f"Head {head.head_id} belongs to another backbone; load it against this one."
             )
-    lengths = backbone.tokenize(texts).lengths
-    order = np.argsort(-lengths, kind="stable")
+    widths = padded_widths(backbone.tokenize(texts).lengths, backbone.max_length)
     outputs: list[HeadOutput | None] = [None] * len(texts)
     pooled: dict[Reader, np.ndarray] = {
         r: np.zeros((len(texts), backbone.d_model), dtype=np.float32) for r in also
     }
     passes = 0
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+    chunks = [
+        (int(width), bucket[start : start + batch_size])
+        for width in np.unique(widths)[::-1]
+        for bucket in [np.flatnonzero(widths == width)]
+        for start in range(0, len(bucket), batch_size)
+    ]
+    for width, rows in chunks:
         chunk_heads = [heads[i] for i in rows]
         hooks = sorted({h.input_hook for h in chunk_heads} | {r[0] for r in also})
-        acts, mask = backbone.forward_padded([texts[i] for i in rows], hooks)
+        acts, mask = backbone.forward_padded([texts[i] for i in rows], hooks, width=width)
         passes += 1
         for reader in also:
             pooled[reader][rows] = pool(acts[reader[0]], mask, reader[1]).float().cpu().numpy()
@@ -84,6 +89,20 @@ def run_mixed(
             outputs[int(rows[local])] = out
     assert all(o is not None for o in outputs)
     return BatchResult([o for o in outputs if o is not None], pooled, passes)
+
+
+PAD_MULTIPLE = 8
+
+
+def padded_widths(lengths: np.ndarray, max_length: int) -> np.ndarray:
+    """Return each text's padded width: its length rounded up to a multiple of PAD_MULTIPLE.
+
+    Rows are batched only with rows of the same width, so a text's activations (and outputs) are
+    the same bits whichever requests share its batch; the rounding keeps the number of distinct
+    widths, and so of forward calls, small.
+    """
+    rounded = -(-np.asarray(lengths) // PAD_MULTIPLE) * PAD_MULTIPLE
+    return np.minimum(rounded, max_length)
 
 
 def _apply_heads(
@@ -105,8 +124,7 @@ def _apply_heads(
         x = acts[head.input_hook][rows]
         m = mask[rows]
         if head.reads_tokens:
-            width = int(m.sum(1).max())
-            logits = head.logits(x[:, :width], m[:, :width])
+            logits = head.logits(x, m)
         else:
             logits = head.logits(pool(x, m, head.meta.pooling))
         results.update(zip(rows, head.outputs(logits), strict=True))
@@ -313,7 +331,7 @@ class InferenceEngine:
             try:
                 head = self.cache.get(item.head_id)
             except Exception as exc:  # one bad head fails its own request, not the batch
-                item.future.set_exception(exc)
+                _resolve(item.future, exc=exc)
                 continue
             live.append(item)
             heads += [head] * len(item.texts)
@@ -326,7 +344,7 @@ class InferenceEngine:
         except Exception as exc:
             logger.exception("mixed batch of %d texts failed", len(texts))
             for item in live:
-                item.future.set_exception(exc)
+                _resolve(item.future, exc=exc)
             return
         self.n_batches += 1
         self.n_texts += len(texts)
@@ -334,8 +352,21 @@ class InferenceEngine:
         for item in live:
             stop = start + len(item.texts)
             if item.pooled_future is not None:
-                item.pooled_future.set_result(
-                    {r: result.pooled[r][start:stop] for r in item.readers}
+                _resolve(
+                    item.pooled_future, {r: result.pooled[r][start:stop] for r in item.readers}
                 )
-            item.future.set_result(result.outputs[start:stop])
+            _resolve(item.future, result.outputs[start:stop])
             start = stop
+
+
+def _resolve(future: Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
+    """Settle ``future`` unless its caller cancelled it meanwhile (the worker must live on)."""
+    if future.cancelled() or future.done():
+        return
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # cancelled between the check and the call
+        pass

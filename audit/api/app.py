@@ -1,0 +1,133 @@
+"""The FastAPI app: state under AUDIT_HOME, one backbone, one inference engine, every route."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+
+from audit.api import export, head_routes, tenant_routes
+from audit.api.errors import CatchAllMiddleware, install_error_handlers
+from audit.api.limits import BodyLimitMiddleware, RateLimiter
+from audit.api.models import BackboneInfo, Health, QueueStats
+from audit.api.settings import ApiSettings
+from audit.api.state import ApiState, get_state, key_digest
+from audit.tenants.registry import REGISTRY_FILENAME, Registry
+from audit.tenants.service import TenantService
+from audit.tenants.serving import InferenceEngine, registry_loader
+from probes.backbone import Backbone
+from probes.home import audit_home
+from probes.store import ActivationStore
+
+logger = logging.getLogger(__name__)
+
+ADMIN_KEY_ENV = "AUDIT_ADMIN_KEY"
+DEFAULT_BACKBONE = "minilm"
+
+
+def _package_version() -> str:
+    try:
+        return version("alignment-audit")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0"
+
+
+def create_app(
+    *,
+    home: Path | None = None,
+    backbone: Backbone | None = None,
+    admin_key: str | None = None,
+    settings: ApiSettings | None = None,
+) -> FastAPI:
+    """Return the HTTP API app; its lifespan opens the registry, recovers jobs, starts the engine.
+
+    ``home`` defaults to AUDIT_HOME (or the user data folder), ``backbone`` to the bundled
+    MiniLM (loaded once, at startup), ``admin_key`` to the AUDIT_ADMIN_KEY environment variable:
+    without one the owner routes answer 503.
+    """
+    settings = settings or ApiSettings()
+    key = admin_key if admin_key is not None else os.environ.get(ADMIN_KEY_ENV)
+    admin_digest = key_digest(key) if key else None
+    del key  # only the digest is kept, and neither is ever logged
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        root = Path(home) if home is not None else audit_home()
+        model = (
+            backbone
+            if backbone is not None
+            else await run_in_threadpool(Backbone.load, DEFAULT_BACKBONE)
+        )
+        registry = Registry(root / REGISTRY_FILENAME)
+        try:
+            registry.recover_interrupted()
+            engine = InferenceEngine(
+                model,
+                registry_loader(model, registry),
+                cache_size=settings.head_cache_size,
+                max_batch=settings.engine_max_batch,
+                max_wait_ms=settings.engine_max_wait_ms,
+            )
+            service = TenantService(registry, model, ActivationStore(root / "store"), engine=engine)
+            engine.start()
+            app.state.api = ApiState(
+                settings=settings,
+                registry=registry,
+                service=service,
+                backbone=model,
+                limiter=RateLimiter(settings.rate_limit_per_minute),
+                admin_digest=admin_digest,
+            )
+            if admin_digest is None:
+                logger.warning("%s is not set: the owner routes answer 503", ADMIN_KEY_ENV)
+            logger.info("serving tenants on backbone %s (%s)", model.name, model.fingerprint)
+            try:
+                yield
+            finally:
+                service.close()
+                app.state.api = None
+        finally:
+            registry.close()
+
+    app = FastAPI(
+        title="alignment-audit tenant API",
+        version=_package_version(),
+        summary="Tenants' heads on a shared, frozen backbone: keys, corpora, training, predictions.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_request_bytes=settings.max_request_bytes,
+        max_corpus_bytes=settings.max_corpus_bytes,
+    )
+    app.include_router(tenant_routes.router)
+    app.include_router(head_routes.router)
+    app.include_router(export.router)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness, backbone and engine statistics")
+    def healthz(request: Request) -> Health:
+        state = get_state(request)
+        engine = state.service.engine
+        return Health(
+            status="ok",
+            backbone=BackboneInfo(name=state.backbone.name, fingerprint=state.backbone.fingerprint),
+            heads_loaded=len(engine.cache),
+            queue=QueueStats(
+                pending_requests=engine._queue.qsize(),
+                batches_served=engine.n_batches,
+                texts_served=engine.n_texts,
+                max_batch=engine.max_batch,
+                max_wait_ms=engine.max_wait * 1000.0,
+            ),
+        )
+
+    return app

@@ -1,0 +1,111 @@
+"""``audit serve``: the HTTP API under uvicorn, with limits taken from ApiSettings' fields."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from audit.api.settings import ApiSettings
+
+_SCALARS: dict[Any, type] = {int: int, float: float}
+
+
+def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one option per ApiSettings field (``--max-text-chars``...), defaults and help included."""
+    for name, field in reversed(ApiSettings.model_fields.items()):
+        fn = click.option(
+            f"--{name.replace('_', '-')}",
+            name,
+            type=_SCALARS[field.annotation],
+            default=field.default,
+            show_default=True,
+            help=field.description,
+        )(fn)
+    return fn
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--backbone",
+    "backbone_spec",
+    default="minilm",
+    show_default=True,
+    help="Bundled alias (minilm, smollm2), a local HF model folder, or a HF model name.",
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Cut texts to this many tokens (default: the model's context).",
+)
+@_settings_options
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the address, backbone and limits as one JSON line on stdout before serving.",
+)
+def serve(
+    host: str,
+    port: int,
+    backbone_spec: str,
+    device: str,
+    max_length: int | None,
+    log_level: str,
+    as_json: bool,
+    **limits: Any,
+) -> None:
+    """Serve the tenant HTTP API: keys, corpora, head training, batched predictions.
+
+    State lives under AUDIT_HOME. Owner routes need the environment variable AUDIT_ADMIN_KEY
+    (without it they answer 503). Routes are documented at http://HOST:PORT/docs.
+    """
+    import uvicorn
+    from pydantic import ValidationError
+
+    from audit.api import create_app
+    from audit.api.app import ADMIN_KEY_ENV
+    from audit.errors import AuditError
+    from probes.backbone import Backbone
+    from probes.errors import ProbesError
+
+    try:
+        settings = ApiSettings(**limits)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise click.UsageError(problems) from exc
+    try:
+        backbone = Backbone.load(backbone_spec, device=device, max_length=max_length)
+    except (ProbesError, AuditError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not os.environ.get(ADMIN_KEY_ENV):
+        click.echo(
+            f"warning: {ADMIN_KEY_ENV} is not set, so the owner routes (creating tenants) "
+            "answer 503; set it to a long random secret.",
+            err=True,
+        )
+    app = create_app(backbone=backbone, settings=settings)
+    if as_json:
+        info = {
+            "url": f"http://{host}:{port}",
+            "backbone": {"name": backbone.name, "fingerprint": backbone.fingerprint},
+            "settings": settings.model_dump(),
+        }
+        click.echo(json.dumps(info))
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
