@@ -485,12 +485,28 @@ def store_prune(
 
 
 @main.command()
+@click.option(
+    "--requests", "show_requests", is_flag=True, help="List the request-screening sources instead."
+)
 @click.option("--json", "as_json", is_flag=True)
 @_friendly
-def datasets(as_json: bool) -> None:
-    """List the bundled concept datasets and the packages they come from."""
+def datasets(show_requests: bool, as_json: bool) -> None:
+    """List the bundled concept datasets (or request sources) and the packages they come from."""
     from probes import list_datasets
 
+    if show_requests:
+        from probes.requests import list_request_sources
+
+        sources = list_request_sources()
+        if as_json:
+            _emit_json([s.__dict__ for s in sources])
+            return
+        for s in sources:
+            flag = " (templated)" if s.templated else ""
+            click.echo(
+                f"{s.name:<22} {s.label:<8} {s.n_rows:>5}  {s.package:<18} {s.description}{flag}"
+            )
+        return
     infos = list_datasets()
     if as_json:
         _emit_json([i.__dict__ for i in infos])
@@ -563,6 +579,10 @@ def bench(
 from audit.serve_cli import serve  # noqa: E402
 
 main.add_command(serve)
+
+from audit.tenant_cli import tenant  # noqa: E402
+
+main.add_command(tenant)
 
 
 if __name__ == "__main__":  # pragma: no cover
