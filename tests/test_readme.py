@@ -55,9 +55,19 @@ def test_readme_console_command_runs(command: str, tmp_path, monkeypatch) -> Non
 
 
 def test_readme_python_example_runs(capsys) -> None:
-    (code,) = _blocks("python")
+    code = _blocks("python")[0]
     exec(compile(code, "README.md", "exec"), {})
     first, verdict = capsys.readouterr().out.strip().splitlines()
     layer, auroc = first.split(maxsplit=1)
     assert 0 <= int(layer) < 6 and float(auroc.split()[0]) > 0.6
     assert verdict.split()[0] in ("robust", "fragile", "absent")
+
+
+def test_readme_tenant_heads_example_runs(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # it saves a head under ./heads
+    code = _blocks("python")[1]
+    exec(compile(code, "README.md", "exec"), {})
+    auroc, labels = capsys.readouterr().out.strip().split(maxsplit=1)
+    assert float(auroc) > 0.7
+    assert labels == "['positive', 'negative']"
+    assert (tmp_path / "heads" / "h_linear" / "head.safetensors").is_file()
