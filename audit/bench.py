@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from audit.bench_tenants import bench_blocks_training, bench_heads_cold, bench_tenants_mixed
 from audit.errors import AuditError
 from audit.report import package_versions
 
@@ -297,6 +298,9 @@ BENCHMARKS: dict[str, Callable[[BenchContext], list[Figure]]] = {
     "extraction": bench_extraction,
     "store_read": bench_store_read,
     "scorecard": bench_scorecard,
+    "tenants_mixed": bench_tenants_mixed,
+    "heads_cold": bench_heads_cold,
+    "blocks_training": bench_blocks_training,
 }
 
 
