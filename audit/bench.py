@@ -326,10 +326,20 @@ def _markdown(payload: dict[str, Any]) -> str:
         verdict = "ok" if f["meets_goal"] else "MISSED"
         goal = "" if f["goal"] is None else f"{op} {f['goal']:g}x {verdict}"
         lines.append(
-            f"| {f['benchmark']} | {f['name']} | {f['ours']:.1f} {f['unit']} | "
-            f"{f['baseline']:.1f} ({f['baseline_name']}) | {f['ratio']:.2f}x | {goal} |"
+            f"| {f['benchmark']} | {f['name']} | {_number(f['ours'])} {f['unit']} | "
+            f"{_number(f['baseline'])} ({f['baseline_name']}) | {_ratio(f['ratio'])} | {goal} |"
         )
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    """Return a figure for a table: thousands separated, one decimal below 1,000."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.1f}"
+
+
+def _ratio(value: float) -> str:
+    """Return a ratio with two decimals, or three significant digits when it is tiny."""
+    return f"{value:.2f}x" if abs(value) >= 0.1 else f"{value:.3g}x"
 
 
 def run_benchmarks(
