@@ -71,3 +71,12 @@ def test_readme_tenant_heads_example_runs(capsys, tmp_path, monkeypatch) -> None
     assert float(auroc) > 0.7
     assert labels == "['positive', 'negative']"
     assert (tmp_path / "heads" / "h_linear" / "head.safetensors").is_file()
+
+
+def test_readme_screening_example_runs(capsys) -> None:
+    code = _blocks("python")[2]
+    exec(compile(code, "README.md", "exec"), {})
+    first, decisions = capsys.readouterr().out.strip().splitlines()
+    primary, fpr, n_benign = first.split()
+    assert primary.startswith("ensemble") and float(fpr) <= 0.01 and int(n_benign) > 100
+    assert decisions == "['allow', 'block']"
