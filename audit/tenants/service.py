@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shutil
 import threading
 from collections.abc import Sequence
@@ -162,7 +163,8 @@ class TenantService:
             for t, y in zip(parsed.texts, parsed.labels or [None] * len(parsed.texts), strict=True)
         ]
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        path = folder / f"{digest[:16]}.jsonl"
+        # One file per upload: deleting one corpus never removes another's identical texts.
+        path = folder / f"{digest[:12]}-{secrets.token_hex(4)}.jsonl"
         atomic_write(path, lambda tmp: Path(tmp).write_text(body, encoding="utf-8"))
         return self.registry.add_corpus(
             tenant_id,
