@@ -305,7 +305,7 @@ def train(
     from audit.tenants.service import parse_corpus, spec_from_dict
 
     data = _read_file(data_file)
-    parse_corpus(data, labelled=task != "lm")  # a bad corpus fails before the backbone boots
+    parsed = parse_corpus(data, labelled=task != "lm")  # a bad corpus fails before booting
     registry = _registry()
     try:
         _require_tenant(registry, tenant_id)  # before booting anything
@@ -316,7 +316,7 @@ def train(
     spec = spec_from_dict(fields)
     with _service(backbone_spec or "minilm", device, progress=not quiet) as service:
         spec.resolved(service.backbone)  # a bad spec fails before the corpus is stored
-        corpus = service.add_corpus(tenant_id, data, labelled=spec.task != "lm")
+        corpus = service.store_corpus(tenant_id, parsed)
         if not quiet:
             click.echo(f"training a {spec.kind} head on {corpus.n_lines} rows", err=True)
         with _quiet_job_log():  # a failed job's reason is this command's error line

@@ -543,13 +543,31 @@ class Backbone:
         ``width`` pads every row to that many positions (at least the longest text's): a text's
         activations then do not depend on which other texts share its batch.
         """
-        hooks = check_hook_names(hook_names, self.hook_names)
         batch = self.tokenize(texts)
-        ids, mask = batch.input_ids, batch.attention_mask
-        if width is not None and width > ids.shape[1]:
-            extra = width - ids.shape[1]
-            ids = nn.functional.pad(ids, (0, extra), value=self.tokenizer.pad_token_id or 0)
-            mask = nn.functional.pad(mask, (0, extra), value=0)
+        return self.forward_tokens(batch.input_ids, batch.attention_mask, hook_names, width=width)
+
+    def forward_tokens(
+        self,
+        input_ids: torch.Tensor,  # [batch, pos], right-padded
+        attention_mask: torch.Tensor,  # [batch, pos]
+        hook_names: Sequence[str],
+        *,
+        width: int | None = None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Return per-token activations of already tokenised rows (see ``forward_padded``)."""
+        hooks = check_hook_names(hook_names, self.hook_names)
+        ids, mask = input_ids, attention_mask
+        if width is not None and width != ids.shape[1]:
+            if width < int(mask.sum(1).max()):
+                raise InvalidInputError(
+                    f"width {width} is shorter than the longest row ({int(mask.sum(1).max())})."
+                )
+            if width < ids.shape[1]:
+                ids, mask = ids[:, :width], mask[:, :width]
+            else:
+                extra = width - ids.shape[1]
+                ids = nn.functional.pad(ids, (0, extra), value=self.tokenizer.pad_token_id or 0)
+                mask = nn.functional.pad(mask, (0, extra), value=0)
         ids, mask = ids.to(self.device), mask.to(self.device)
         with self._lock, torch.inference_mode():
             acts = self._forward(ids, mask, hooks)

@@ -22,7 +22,7 @@ from audit.api.models import (
 )
 from audit.api.state import ApiState, get_state
 from audit.tenants.registry import HeadRecord, Job
-from audit.tenants.service import spec_from_dict
+from audit.tenants.service import public_metrics, spec_from_dict
 from probes.datasets import validate_texts
 
 router = APIRouter(prefix="/v1")
@@ -33,7 +33,7 @@ _AUTH = (401, 404, 429)
 def head_info(record: HeadRecord) -> HeadInfo:
     """Return the public view of a head row (metrics without the per-epoch history)."""
     meta = record.meta
-    metrics = {k: v for k, v in (meta.get("metrics") or {}).items() if k != "history"}
+    metrics = public_metrics(meta.get("metrics") or {})
     return HeadInfo(
         head_id=record.head_id,
         corpus_id=record.corpus_id,

@@ -19,6 +19,7 @@ from audit.api.models import (
 )
 from audit.api.state import get_state
 from audit.tenants.registry import Corpus, Tenant
+from audit.tenants.service import parse_corpus
 
 router = APIRouter(prefix="/v1")
 
@@ -166,13 +167,13 @@ async def upload_corpus(
         )
     data = await request.body()
     service = get_state(request).service
-    corpus = await run_in_threadpool(service.add_corpus, tenant_id, data, labelled=labelled)
-    n_blank = sum(1 for line in data.decode("utf-8").splitlines() if not line.strip())
+    parsed = await run_in_threadpool(parse_corpus, data, labelled=labelled)
+    corpus = await run_in_threadpool(service.store_corpus, tenant_id, parsed)
     return CorpusCreated(
         corpus_id=corpus.corpus_id,
         n_lines=corpus.n_lines,
         label_names=list(corpus.label_names),
-        n_blank_lines=n_blank,
+        n_blank_lines=parsed.n_blank_lines,
     )
 
 

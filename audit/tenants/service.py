@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import AuditError
-from audit.tenants.heads import Head, HeadOutput, HeadSpec, load_head, save_head, train_head
+from audit.tenants.heads import Head, HeadOutput, HeadSpec, save_head, train_head
 from audit.tenants.registry import Corpus, HeadRecord, Job, NotFoundError, Registry
-from audit.tenants.serving import InferenceEngine
+from audit.tenants.serving import InferenceEngine, registry_loader
 from probes.atomic import atomic_write
 from probes.backbone import Backbone
 from probes.errors import InvalidInputError
@@ -140,7 +140,7 @@ class TenantService:
         self.registry = registry
         self.backbone = backbone
         self.store = store if store is not None else ActivationStore()
-        self.engine = engine or InferenceEngine(backbone, self._load_ready_head)
+        self.engine = engine or InferenceEngine(backbone, registry_loader(backbone, registry))
         self.progress = progress
         self._jobs = ThreadPoolExecutor(training_workers, thread_name_prefix="train")
         self._futures: dict[str, Future[HeadRecord]] = {}
@@ -153,9 +153,12 @@ class TenantService:
     # ----------------------------------------------------------------- corpora
     def add_corpus(self, tenant_id: str, data: bytes, *, labelled: bool = True) -> Corpus:
         """Return the stored corpus made from JSONL ``data`` (validated, written atomically)."""
+        return self.store_corpus(tenant_id, parse_corpus(data, labelled=labelled))
+
+    def store_corpus(self, tenant_id: str, parsed: ParsedCorpus) -> Corpus:
+        """Return the stored corpus holding an already parsed one (written atomically)."""
         if self.registry.get_tenant(tenant_id) is None:
             raise NotFoundError(f"No tenant {tenant_id!r}.")
-        parsed = parse_corpus(data, labelled=labelled)
         folder = self.registry.tenant_dir(tenant_id) / "corpora"
         digest = texts_hash(parsed.texts)
         rows = [
@@ -223,7 +226,7 @@ class TenantService:
             corpus = self.read_corpus(record.tenant_id, record.corpus_id)
 
             def on_epoch(epoch: int, n_epochs: int, metrics: dict[str, Any]) -> None:
-                reg.update_job(job_id, progress=epoch / n_epochs, metrics=_public(metrics))
+                reg.update_job(job_id, progress=epoch / n_epochs, metrics=public_metrics(metrics))
 
             head = train_head(
                 self.backbone,
@@ -241,7 +244,9 @@ class TenantService:
             save_head(head, folder)
             meta = json.loads(head.meta.model_dump_json())
             ready = reg.mark_head_ready(record.head_id, path=str(folder), meta=meta)
-            reg.update_job(job_id, status="done", progress=1.0, metrics=_public(meta["metrics"]))
+            reg.update_job(
+                job_id, status="done", progress=1.0, metrics=public_metrics(meta["metrics"])
+            )
             return ready
         except Exception as exc:
             logger.warning("training job %s failed: %s", job_id, exc)
@@ -254,12 +259,6 @@ class TenantService:
             raise
 
     # ------------------------------------------------------------- predictions
-    def _load_ready_head(self, head_id: str) -> Head:
-        record = self.registry.head_by_id(head_id)
-        if record is None or record.status != "ready" or not record.path:
-            raise NotFoundError(f"Head {head_id!r} is not ready to serve.")
-        return load_head(record.path, self.backbone)
-
     def head(self, tenant_id: str, head_id: str) -> Head:
         """Return a tenant's ready head, loaded (or from the cache)."""
         self._ready_record(tenant_id, head_id)
@@ -324,7 +323,7 @@ class TenantService:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def _public(metrics: dict[str, Any]) -> dict[str, Any]:
+def public_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Return metrics without the per-epoch history (kept in the head's own metadata)."""
     return {k: v for k, v in metrics.items() if k != "history"}
 

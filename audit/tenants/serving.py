@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from audit.tenants.heads import Head, HeadOutput, PooledHead, load_head
+from audit.tenants.registry import NotFoundError
 from probes.backbone import Backbone
 from probes.errors import InvalidInputError
 from probes.hooks import parse_resid
@@ -66,7 +67,8 @@ def run_mixed(
             raise InvalidInputError(
                 f"Head {head.head_id} belongs to another backbone; load it against this one."
             )
-    widths = padded_widths(backbone.tokenize(texts).lengths, backbone.max_length)
+    tokens = backbone.tokenize(texts)  # once: the chunks below slice it
+    widths = padded_widths(tokens.lengths, backbone.max_length)
     outputs: list[HeadOutput | None] = [None] * len(texts)
     pooled: dict[Reader, np.ndarray] = {
         r: np.zeros((len(texts), backbone.d_model), dtype=np.float32) for r in also
@@ -81,7 +83,9 @@ def run_mixed(
     for width, rows in chunks:
         chunk_heads = [heads[i] for i in rows]
         hooks = sorted({h.input_hook for h in chunk_heads} | {r[0] for r in also})
-        acts, mask = backbone.forward_padded([texts[i] for i in rows], hooks, width=width)
+        acts, mask = backbone.forward_tokens(
+            tokens.input_ids[rows], tokens.attention_mask[rows], hooks, width=width
+        )
         passes += 1
         for reader in also:
             pooled[reader][rows] = pool(acts[reader[0]], mask, reader[1]).float().cpu().numpy()
@@ -137,12 +141,11 @@ def _apply_heads(
             x = pool(acts[hook][rows], mask[rows], pooling).float()  # [n, d]
             logits = torch.einsum("nd,nod->no", x, weights[which]) + biases[which]
         start = 0
-        for i, k in enumerate(keys):
+        for k in keys:
             n = len(by_head[k])
             outs = unique[k].outputs(logits[start : start + n])
             results.update(zip(by_head[k], outs, strict=True))
             start += n
-            del i
     return results
 
 
@@ -215,7 +218,7 @@ def registry_loader(backbone: Backbone, registry: Any) -> Callable[[str], Head]:
     def load(head_id: str) -> Head:
         record = registry.head_by_id(head_id)
         if record is None or record.status != "ready" or not record.path:
-            raise InvalidInputError(f"Head {head_id!r} is not ready to serve.")
+            raise NotFoundError(f"Head {head_id!r} is not ready to serve.")
         return load_head(record.path, backbone)
 
     return load

@@ -143,3 +143,17 @@ def test_unknown_hook_lists_valid_ones(backbone: Backbone) -> None:
 def test_unknown_backbone_is_a_clear_error() -> None:
     with pytest.raises(InvalidInputError, match="bundled alias"):
         Backbone.load("no-such-org/no-such-model")
+
+
+def test_forward_tokens_pads_or_trims_to_a_width(backbone: Backbone) -> None:
+    batch = backbone.tokenize(TEXTS)
+    hook = "blocks.1.hook_resid_post"
+    longest = int(batch.lengths.max())
+    acts, mask = backbone.forward_padded(TEXTS, [hook], width=longest + 8)
+    again, mask2 = backbone.forward_tokens(
+        batch.input_ids, batch.attention_mask, [hook], width=longest + 8
+    )
+    assert mask.shape[1] == longest + 8 and torch.equal(mask, mask2)
+    assert torch.equal(acts[hook], again[hook])
+    with pytest.raises(InvalidInputError, match="shorter than the longest row"):
+        backbone.forward_tokens(batch.input_ids, batch.attention_mask, [hook], width=longest - 1)
