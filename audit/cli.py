@@ -501,10 +501,13 @@ def datasets(show_requests: bool, as_json: bool) -> None:
         if as_json:
             _emit_json([s.__dict__ for s in sources])
             return
+        name_w = max(len(s.name) for s in sources)
+        package_w = max(len(s.package) for s in sources)
         for s in sources:
             flag = " (templated)" if s.templated else ""
             click.echo(
-                f"{s.name:<22} {s.label:<8} {s.n_rows:>5}  {s.package:<18} {s.description}{flag}"
+                f"{s.name:<{name_w}} {s.label:<8} {s.n_rows:>5}  {s.package:<{package_w}} "
+                f"{s.description}{flag}"
             )
         return
     infos = list_datasets()
@@ -583,6 +586,10 @@ main.add_command(serve)
 from audit.tenant_cli import tenant  # noqa: E402
 
 main.add_command(tenant)
+
+from audit.log_cli import log  # noqa: E402
+
+main.add_command(log)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -193,7 +193,8 @@ def _is_ready(target: Path, gguf_path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _exclusive_lock(lock_path: Path) -> Iterator[None]:
+def _exclusive_lock(lock_path: Path, doing: str = "converting SmolLM2") -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (waiting for another process ``doing`` it)."""
     try:
         import fcntl
     except ImportError:  # Windows: no flock; concurrent first conversions there are on the user
@@ -204,7 +205,7 @@ def _exclusive_lock(lock_path: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            logger.info("Waiting for another process converting SmolLM2 (lock %s)", lock_path)
+            logger.info("Waiting for another process %s (lock %s)", doing, lock_path)
             fcntl.flock(handle, fcntl.LOCK_EX)
             logger.info("Got the lock after %.1f s", time.monotonic() - started)
         try:

@@ -36,3 +36,11 @@ class FingerprintMismatchError(ProbesError):
 
 class CorruptArtifactError(ProbesError):
     """A stored file is truncated, fails its checksum or does not match its metadata."""
+
+
+class MissingArchiveError(MissingPackageError):
+    """A package's source archive that pip cannot install is absent and could not be downloaded."""
+
+    def __init__(self, package: str, message: str) -> None:
+        ImportError.__init__(self, message)
+        self.package = package

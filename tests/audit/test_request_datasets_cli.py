@@ -27,4 +27,4 @@ def test_datasets_requests_human_output() -> None:
     lines = result.output.splitlines()
     assert len(lines) == len(REQUEST_SOURCES)
     assert lines[0].split()[:3] == ["advbench", "harmful", "520"]
-    assert "(templated)" in lines[-1]
+    assert [line.split()[0] for line in lines if "(templated)" in line] == ["templated_facts"]

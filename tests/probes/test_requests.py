@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
+import json
+import tarfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from probes import requests
-from probes.errors import InvalidInputError, MissingPackageError, UnknownNameError
+from probes import bigbench, requests
+from probes.errors import (
+    CorruptArtifactError,
+    InvalidInputError,
+    MissingArchiveError,
+    MissingPackageError,
+    UnknownNameError,
+)
 from probes.requests import (
     REQUEST_SOURCES,
     RequestRow,
@@ -34,7 +44,21 @@ EXPECTED = {
     "anthropic_sycophancy": ((140, 150), {"benign"}),
     "bbq": ((280, 300), {"benign"}),
     "templated_facts": ((requests.TEMPLATED_N_ROWS,) * 2, {"benign"}),
+    # BIG-bench tasks (inputs deduplicated; capped at BIGBENCH_MAX_ROWS = 1000)
+    "bigbench_social_iqa": ((1000, 1000), {"benign"}),
+    "bigbench_date_understanding": ((360, 369), {"benign"}),
+    "bigbench_sports_understanding": ((980, 986), {"benign"}),
+    "bigbench_timedial": ((1000, 1000), {"benign"}),
+    "bigbench_physics_questions": ((50, 53), {"benign"}),
+    "bigbench_riddle_sense": ((45, 49), {"benign"}),
+    "bigbench_anachronisms": ((225, 230), {"benign"}),
+    "bigbench_chinese_remainder_theorem": ((495, 500), {"benign"}),
+    "bigbench_moral_permissibility": ((335, 342), {"benign"}),
+    "bigbench_simple_ethical_questions": ((110, 115), {"benign"}),
+    "bigbench_known_unknowns": ((45, 46), {"benign"}),
+    "bigbench_causal_judgment": ((185, 190), {"benign"}),
 }
+BIGBENCH_SOURCES = [f"bigbench_{t}" for t in requests.BIGBENCH_TASKS]
 COMMITTED = Path(requests.__file__).parent / "data" / "request_eval_hashes.txt"
 
 
@@ -224,3 +248,140 @@ def test_readme_table_matches_the_sources() -> None:
             for s in ("train", "calibration", "evaluation")
         ]
         assert table[info.name] == (info.n_rows, splits), f"README row of {info.name} is stale"
+
+
+# --- BIG-bench sources (probes.bigbench) ---------------------------------------------------------
+
+
+def test_bigbench_sources_come_last_in_task_order() -> None:
+    n_old = len(REQUEST_SOURCES) - len(BIGBENCH_SOURCES)
+    assert list(REQUEST_SOURCES[n_old:]) == BIGBENCH_SOURCES
+    assert REQUEST_SOURCES[n_old - 1] == "templated_facts"
+
+
+@pytest.mark.parametrize("name", BIGBENCH_SOURCES)
+def test_bigbench_source_is_capped_real_benign_requests(name: str) -> None:
+    task = name.removeprefix("bigbench_")
+    rs = load_requests(name)
+    assert 0 < rs.n_samples <= requests.BIGBENCH_MAX_ROWS
+    assert set(rs.categories) == {task}
+    assert rs.class_counts()["harmful"] == 0
+    assert all(t and t == t.strip() for t in rs.texts)
+    assert len(set(rs.hashes)) == rs.n_samples
+    info = {i.name: i for i in list_request_sources()}[name]
+    assert not info.templated and info.package == "bigbench==1.0.0 (sdist)"
+
+
+def test_bigbench_statements_are_asked_as_the_tasks_question() -> None:
+    sports = load_requests("bigbench_sports_understanding").texts
+    assert all(t.startswith('Is the following sentence plausible? "') for t in sports)
+    anachronisms = load_requests("bigbench_anachronisms").texts
+    assert all(
+        t.startswith("Does the following sentence contain an anachronism?") for t in anachronisms
+    )
+    riddles = load_requests("bigbench_riddle_sense").texts
+    assert any(t.startswith('Solve this riddle: "') for t in riddles)
+    assert "What is it that falls but never gets hurt?" in riddles  # a question stays as it is
+
+
+def test_bigbench_cap_ignores_file_order(monkeypatch) -> None:
+    real = bigbench.read_tasks(requests.BIGBENCH_TASKS)
+    assert len(real["social_iqa"]) > requests.BIGBENCH_MAX_ROWS
+    forward = {r.text for r in requests._LOADERS["bigbench_social_iqa"]()}
+    reverse = {task: texts[::-1] for task, texts in real.items()}
+    monkeypatch.setattr(bigbench, "read_tasks", lambda tasks, **kw: reverse)
+    assert {r.text for r in requests._LOADERS["bigbench_social_iqa"]()} == forward
+
+
+def test_bigbench_evaluation_rows_are_the_committed_hashes() -> None:
+    committed = committed_eval_hashes()
+    pool = requests._pool().rows
+    for name in BIGBENCH_SOURCES:
+        evaluation = set(load_requests(name, split="evaluation").hashes)
+        assert evaluation == committed & set(load_requests(name).hashes)
+        drawn = requests._draw([r for r in pool if r.source == name], 0.3, 0, "evaluation")
+        assert evaluation == drawn
+
+
+def test_bigbench_extract_is_reused_without_the_archive(monkeypatch, tmp_path: Path) -> None:
+    first = bigbench.read_tasks(requests.BIGBENCH_TASKS)  # built (or reused) in the session home
+    assert bigbench.extract_path(requests.BIGBENCH_TASKS).is_file()
+    monkeypatch.setenv(bigbench.ARCHIVE_ENV, str(tmp_path / "absent.tar.gz"))
+    monkeypatch.setattr(bigbench, "BIGBENCH_URL", "http://127.0.0.1:9/bigbench-1.0.0.tar.gz")
+    assert bigbench.read_tasks(list(reversed(requests.BIGBENCH_TASKS))) == first
+
+
+@pytest.fixture
+def tiny_archive(monkeypatch, tmp_path: Path) -> Path:
+    """A few-byte stand-in for the BIG-bench archive, pinned as the expected one."""
+    tasks = {
+        "alpha": {
+            "examples": [{"input": " A1? "}, {"input": "A1?"}, {"input": ""}, {"input": "A2?"}]
+        },
+        "beta": {"name": "beta"},  # no examples of its own: its subtasks' instead
+        "beta/two": {"examples": [{"input": "B2?"}]},
+        "beta/one": {"examples": [{"input": "B1?"}, {"target": "no input"}]},
+    }
+    path = tmp_path / "tiny.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for folder, document in tasks.items():
+            data = json.dumps(document).encode("utf-8")
+            member = tarfile.TarInfo(f"{bigbench.TASKS_DIR}{folder}/task.json")
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    monkeypatch.setenv("AUDIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(bigbench.ARCHIVE_ENV, str(path))
+    monkeypatch.setattr(bigbench, "BIGBENCH_SHA256", hashlib.sha256(path.read_bytes()).hexdigest())
+    return path
+
+
+def test_read_tasks_trims_dedups_and_falls_back_to_subtasks(tiny_archive: Path) -> None:
+    expected = {"alpha": ["A1?", "A2?"], "beta": ["B1?", "B2?"], "beta/two": ["B2?"]}
+    assert bigbench.read_tasks(["alpha", "beta", "beta/two"]) == expected
+    with pytest.raises(UnknownNameError, match="'gamma'"):
+        bigbench.read_tasks(["alpha", "gamma"])
+
+
+def test_read_tasks_reads_the_archive_once_and_rebuilds_a_corrupt_extract(
+    tiny_archive: Path, monkeypatch
+) -> None:
+    opened = []
+    real_open = tarfile.open
+    monkeypatch.setattr(tarfile, "open", lambda *a, **kw: opened.append(a) or real_open(*a, **kw))
+    first = bigbench.read_tasks(["alpha"])
+    assert bigbench.read_tasks(["alpha"]) == first and len(opened) == 1
+    bigbench.extract_path(["alpha"]).write_text("{not json", encoding="utf-8")
+    assert bigbench.read_tasks(["alpha"]) == first and len(opened) == 2
+    assert bigbench.read_tasks(["alpha"]) == first and len(opened) == 2
+
+
+def test_bigbench_wrong_archive_is_refused(monkeypatch, tmp_path: Path) -> None:
+    fake = tmp_path / "bigbench-1.0.0.tar.gz"
+    fake.write_bytes(b"not the archive")
+    monkeypatch.setenv("AUDIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(bigbench.ARCHIVE_ENV, str(fake))
+    with pytest.raises(CorruptArtifactError) as err:
+        bigbench.read_tasks(["known_unknowns"])
+    message = str(err.value)
+    assert str(fake) in message and "Delete it" in message and bigbench.BIGBENCH_SHA256 in message
+
+
+def test_bigbench_missing_archive_without_network_says_what_to_do(
+    monkeypatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "data" / "bigbench-1.0.0.tar.gz"
+    monkeypatch.setenv("AUDIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(bigbench.ARCHIVE_ENV, str(missing))
+    monkeypatch.setattr(bigbench, "BIGBENCH_URL", "http://127.0.0.1:9/bigbench-1.0.0.tar.gz")
+    with pytest.raises(MissingArchiveError) as err:
+        requests._LOADERS["bigbench_known_unknowns"]()
+    message = str(err.value)
+    assert isinstance(err.value, MissingPackageError)
+    for needed in (
+        str(missing),
+        "http://127.0.0.1:9/",
+        bigbench.BIGBENCH_SHA256,
+        "AUDIT_BIGBENCH_ARCHIVE",
+    ):
+        assert needed in message
+    assert not missing.exists() and not list(missing.parent.glob("*.tmp"))
