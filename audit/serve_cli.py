@@ -47,6 +47,23 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 )
 @_settings_options
 @click.option(
+    "--screening/--no-screening",
+    default=True,
+    show_default=True,
+    help="Screen every request with the backbone's screen bank and log each decision.",
+)
+@click.option(
+    "--screens",
+    "screens_version",
+    default=None,
+    help="Serve this screen bank version (default: the latest; `audit screen list`).",
+)
+@click.option(
+    "--retain-text",
+    is_flag=True,
+    help="Keep request texts in the audit log (default: only their sha256).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -66,12 +83,17 @@ def serve(
     max_length: int | None,
     log_level: str,
     as_json: bool,
+    screening: bool,
+    screens_version: str | None,
+    retain_text: bool,
     **limits: Any,
 ) -> None:
-    """Serve the tenant HTTP API: keys, corpora, head training, batched predictions.
+    """Serve the tenant HTTP API: keys, corpora, head training, batched, screened predictions.
 
     State lives under AUDIT_HOME. Owner routes need the environment variable AUDIT_ADMIN_KEY
-    (without it they answer 503). Routes are documented at http://HOST:PORT/docs.
+    (without it they answer 503). Requests are screened with the latest fitted screen bank of
+    the backbone (the default screens are fitted on first start) and every decision is written
+    to the audit log (`audit log verify`). Routes are documented at http://HOST:PORT/docs.
     """
     import uvicorn
     from pydantic import ValidationError
@@ -100,12 +122,34 @@ def serve(
             "answer 503; set it to a long random secret.",
             err=True,
         )
-    app = create_app(backbone=backbone, settings=settings)
+    bank = None
+    if screening:
+        from audit.screening.catalog import latest_bank, load_or_fit_bank
+
+        try:
+            if screens_version is not None:
+                bank = latest_bank(backbone, screens_version)
+            else:
+                bank, fitted = load_or_fit_bank(backbone)
+                if fitted:
+                    click.echo(f"fitted the default screens: bank {bank.version}", err=True)
+        except (ProbesError, AuditError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    app = create_app(
+        backbone=backbone,
+        settings=settings,
+        screening=screening,
+        bank=bank,
+        retain_text=retain_text,
+    )
     if as_json:
         info = {
             "url": f"http://{host}:{port}",
             "backbone": {"name": backbone.name, "fingerprint": backbone.fingerprint},
             "settings": settings.model_dump(),
+            "screening": None
+            if bank is None
+            else {"version": bank.version, "primary": bank.primary},
         }
         click.echo(json.dumps(info))
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)

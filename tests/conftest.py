@@ -33,3 +33,16 @@ def sentiment_small():
     from probes import load_dataset
 
     return load_dataset("rotten_tomatoes", max_samples=400, seed=0)
+
+
+@pytest.fixture(scope="session")
+def screen_bank(backbone):
+    """A small screen bank on MiniLM (400 train / 300 calibration requests), saved to the catalog.
+
+    Saved under the session AUDIT_HOME, so `audit serve` and `latest_bank` find it instead of
+    fitting the default bank on the full data.
+    """
+    from audit.screening.catalog import default_training_data, fit_default_bank
+
+    train, calibration = default_training_data(max_train=400, max_calibration=300)
+    return fit_default_bank(backbone, train=train, calibration=calibration, progress=False)

@@ -12,12 +12,17 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
-from audit.api import export, head_routes, tenant_routes
+from audit.api import export, head_routes, screen_routes, tenant_routes
 from audit.api.errors import CatchAllMiddleware, install_error_handlers
 from audit.api.limits import BodyLimitMiddleware, RateLimiter
 from audit.api.models import BackboneInfo, Health, QueueStats
 from audit.api.settings import ApiSettings
 from audit.api.state import ApiState, get_state, key_digest
+from audit.screening.catalog import latest_bank, load_or_fit_bank
+from audit.screening.gate import ScreeningGate
+from audit.screening.log import SQLiteAuditLog, load_or_create_key
+from audit.screening.screener import Screener
+from audit.screening.screens import ScreenBank
 from audit.tenants.registry import REGISTRY_FILENAME, Registry
 from audit.tenants.service import TenantService
 from audit.tenants.serving import InferenceEngine, registry_loader
@@ -44,17 +49,51 @@ def create_app(
     backbone: Backbone | None = None,
     admin_key: str | None = None,
     settings: ApiSettings | None = None,
+    screening: bool = True,
+    bank: ScreenBank | None = None,
+    screens_version: str | None = None,
+    retain_text: bool = False,
 ) -> FastAPI:
     """Return the HTTP API app; its lifespan opens the registry, recovers jobs, starts the engine.
 
     ``home`` defaults to AUDIT_HOME (or the user data folder), ``backbone`` to the bundled
     MiniLM (loaded once, at startup), ``admin_key`` to the AUDIT_ADMIN_KEY environment variable:
-    without one the owner routes answer 503.
+    without one the owner routes answer 503. With ``screening`` (the default) every request is
+    screened by ``bank`` (default: the backbone's latest fitted bank, or ``screens_version``;
+    the default screens are fitted on first start) and each decision goes to the audit log
+    under ``<home>/screening/``; ``retain_text`` keeps request texts in the log.
     """
     settings = settings or ApiSettings()
     key = admin_key if admin_key is not None else os.environ.get(ADMIN_KEY_ENV)
     admin_digest = key_digest(key) if key else None
     del key  # only the digest is kept, and neither is ever logged
+
+    def _open_gate(
+        root: Path,
+        model: Backbone,
+        store: ActivationStore,
+        settings: ApiSettings,
+        retain_text: bool,
+    ) -> ScreeningGate:
+        """Return the gate: the bank to serve (refusing a stale one), its screener and the log."""
+        chosen = bank
+        if chosen is None and screens_version is not None:
+            chosen = latest_bank(model, screens_version)
+        if chosen is None:
+            chosen, fitted = load_or_fit_bank(model, store=store)
+            if fitted:
+                logger.info("fitted the default screens: bank %s", chosen.version)
+        screener = Screener(model, chosen, max_chars=settings.max_text_chars)
+        folder = root / "screening"
+        log = SQLiteAuditLog(
+            folder / "audit_log.sqlite3",
+            key=load_or_create_key(folder / "log.key"),
+            retain_text=retain_text,
+        )
+        logger.info("screening with bank %s (primary %s)", chosen.version, chosen.primary)
+        return ScreeningGate(
+            screener, log, retain_text=retain_text, tenant_flags_path=folder / "tenant_flags.json"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,7 +113,13 @@ def create_app(
                 max_batch=settings.engine_max_batch,
                 max_wait_ms=settings.engine_max_wait_ms,
             )
-            service = TenantService(registry, model, ActivationStore(root / "store"), engine=engine)
+            store = ActivationStore(root / "store")
+            service = TenantService(registry, model, store, engine=engine)
+            gate = (
+                await run_in_threadpool(_open_gate, root, model, store, settings, retain_text)
+                if screening
+                else None
+            )
             engine.start()
             app.state.api = ApiState(
                 settings=settings,
@@ -83,6 +128,7 @@ def create_app(
                 backbone=model,
                 limiter=RateLimiter(settings.rate_limit_per_minute),
                 admin_digest=admin_digest,
+                gate=gate,
             )
             if admin_digest is None:
                 logger.warning("%s is not set: the owner routes answer 503", ADMIN_KEY_ENV)
@@ -91,6 +137,8 @@ def create_app(
                 yield
             finally:
                 service.close()
+                if gate is not None and gate.log is not None:
+                    gate.log.close()
                 app.state.api = None
         finally:
             registry.close()
@@ -112,6 +160,7 @@ def create_app(
     app.include_router(tenant_routes.router)
     app.include_router(head_routes.router)
     app.include_router(export.router)
+    app.include_router(screen_routes.router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness, backbone and engine statistics")
     def healthz(request: Request) -> Health:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from audit.api.auth import Caller, TenantId
 from audit.api.errors import ApiError, not_found, responses
@@ -20,9 +21,11 @@ from audit.api.models import (
     PredictResponse,
     PredictResult,
 )
+from audit.api.screen_routes import corpus_report, screening
 from audit.api.state import ApiState, get_state
+from audit.screening.gate import REFUSAL
 from audit.tenants.registry import HeadRecord, Job
-from audit.tenants.service import public_metrics, spec_from_dict
+from audit.tenants.service import ParsedCorpus, public_metrics, spec_from_dict
 from probes.datasets import validate_texts
 
 router = APIRouter(prefix="/v1")
@@ -88,8 +91,38 @@ def create_head(body: HeadCreate, tenant_id: TenantId, request: Request) -> Head
     spec = spec_from_dict(body.spec_fields())
     if state.registry.get_corpus(tenant_id, body.corpus_id) is None:
         raise not_found("corpus")
-    record, job = state.service.submit_training(tenant_id, body.corpus_id, spec)
-    return HeadSubmitted(head_id=record.head_id, job_id=job.job_id, status=record.status)
+    corpus_id, report = body.corpus_id, None
+    if state.gate is not None:  # screen the corpus before any training
+        report, texts, labels = corpus_report(state, tenant_id, corpus_id, body.screen_policy)
+        if report.n_block and body.screen_policy == "refuse":
+            shown = ", ".join(str(n) for n in report.blocked_lines[:20])
+            raise ApiError(
+                422,
+                "corpus_blocked",
+                f"Screening blocks {report.n_block} of the corpus's {report.n_lines} rows "
+                f"(rows {shown}{', ...' if report.n_block > 20 else ''}); the head is not "
+                "trained. Remove those rows, or ask for screen_policy='exclude' to train on "
+                "the others.",
+            )
+        if report.n_block:  # exclude: the kept rows become a corpus of their own
+            blocked = set(report.blocked_lines)
+            keep = [i for i in range(len(texts)) if i + 1 not in blocked]
+            if not keep:
+                raise ApiError(422, "corpus_blocked", "Screening blocks every row of the corpus.")
+            kept = ParsedCorpus(
+                [texts[i] for i in keep],
+                None if labels is None else [labels[i] for i in keep],
+                0,
+            )
+            corpus_id = state.service.store_corpus(tenant_id, kept).corpus_id
+    record, job = state.service.submit_training(tenant_id, corpus_id, spec)
+    return HeadSubmitted(
+        head_id=record.head_id,
+        job_id=job.job_id,
+        status=record.status,
+        corpus_id=corpus_id,
+        corpus_screening=report,
+    )
 
 
 @router.get(
@@ -166,10 +199,32 @@ async def predict(
     check_texts(texts, state.settings)
     validate_texts(texts)
     ready_head(state, tenant_id, head_id)
-    future = state.service.submit_predict(tenant_id, head_id, texts)
+    gate = state.gate
+    screener = gate.screener if gate is not None and gate.screener.reuses_serving_window else None
+    future = state.service.submit_predict(tenant_id, head_id, texts, screener=screener)
     # shield: a cancelled request must not cancel the engine's Future under the engine.
     outputs = await asyncio.shield(asyncio.wrap_future(future))
-    return PredictResponse(head_id=head_id, results=[PredictResult(**o.as_dict()) for o in outputs])
+    if gate is None:
+        return PredictResponse(
+            head_id=head_id, results=[PredictResult(**o.as_dict()) for o in outputs]
+        )
+    windows = future.windows.result() if screener is not None else []  # type: ignore[attr-defined]
+    decisions = await run_in_threadpool(
+        gate.screen,
+        texts,
+        tenant_id=tenant_id,
+        head_id=head_id,
+        first_windows=dict(enumerate(windows)),
+    )
+    results = []
+    for output, decision in zip(outputs, decisions, strict=True):
+        if decision.action == "block":
+            results.append(
+                PredictResult(blocked=True, refusal=REFUSAL, screening=screening(decision))
+            )
+        else:
+            results.append(PredictResult(**output.as_dict(), screening=screening(decision)))
+    return PredictResponse(head_id=head_id, results=results)
 
 
 @router.post(
@@ -209,6 +264,19 @@ def generate(
             "head (kind='blocks', task='lm', on a decoder backbone such as smollm2). Use "
             "/predict for this head.",
         )
+    validate_texts([body.prompt])
+    gate = state.gate
+    prompt_decision = None
+    if gate is not None:
+        [prompt_decision] = gate.screen([body.prompt], tenant_id=tenant_id, head_id=head_id)
+        if prompt_decision.action == "block":
+            return GenerateResponse(
+                head_id=head_id,
+                text="",
+                blocked=True,
+                refusal=REFUSAL,
+                screening=screening(prompt_decision),
+            )
     head = state.service.head(tenant_id, head_id)
     text = lm_generate(
         state.backbone,
@@ -218,4 +286,20 @@ def generate(
         temperature=body.temperature,
         seed=body.seed,
     )
-    return GenerateResponse(head_id=head_id, text=text)
+    if gate is None or not text.strip():
+        return GenerateResponse(
+            head_id=head_id,
+            text=text,
+            screening=None if prompt_decision is None else screening(prompt_decision),
+        )
+    # The generation is screened (as a continuation of its prompt) before it is returned.
+    [out_decision] = gate.screen([text], tenant_id=tenant_id, head_id=head_id, kind="generation")
+    blocked = out_decision.action == "block"
+    return GenerateResponse(
+        head_id=head_id,
+        text="" if blocked else text,
+        blocked=blocked,
+        refusal=REFUSAL if blocked else None,
+        screening=screening(prompt_decision) if prompt_decision is not None else None,
+        generation_screening=screening(out_decision),
+    )

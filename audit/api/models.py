@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -69,6 +69,22 @@ class CorpusInfo(BaseModel):
 
 
 # ---------------------------------------------------------------------- heads, jobs
+class CorpusScreenReport(BaseModel):
+    corpus_id: str
+    screen_version: str
+    n_lines: int
+    n_block: int
+    n_flag: int
+    n_allow: int
+    blocked_lines: list[int] = Field(
+        description="1-based row numbers (blank lines not counted) screening would block."
+    )
+    flagged_lines: list[int]
+    policy: str = Field(
+        description="What training does with blocked lines: refuse (the default) or exclude."
+    )
+
+
 class HeadCreate(_Request):
     """A head to train on one of the tenant's corpora; omitted fields take HeadSpec's defaults."""
 
@@ -94,17 +110,30 @@ class HeadCreate(_Request):
     val_fraction: float | None = None
     weight_decay: float | None = None
     seed: int | None = None
+    screen_policy: Literal["refuse", "exclude"] = Field(
+        default="refuse",
+        description=(
+            "When screening would block lines of the corpus: refuse to train (422, the default) "
+            "or exclude: train on the other lines (stored as a new corpus)."
+        ),
+    )
 
     def spec_fields(self) -> dict[str, Any]:
         """Return the head fields the request set (null or absent: HeadSpec's default)."""
         values = self.model_dump(exclude_unset=True, exclude_none=True)
-        return {k: v for k, v in values.items() if k != "corpus_id"}
+        return {k: v for k, v in values.items() if k not in ("corpus_id", "screen_policy")}
 
 
 class HeadSubmitted(BaseModel):
     head_id: str
     job_id: str
     status: str = Field(description="The head's status: 'training' until its job finishes.")
+    corpus_id: str | None = Field(
+        default=None, description="The corpus trained on (a new one when lines were excluded)."
+    )
+    corpus_screening: CorpusScreenReport | None = Field(
+        default=None, description="The corpus's screening report (absent when screening is off)."
+    )
 
 
 class JobInfo(BaseModel):
@@ -151,10 +180,35 @@ class PredictRequest(_Request):
         return list(self.texts) if self.texts is not None else [self.text or ""]
 
 
+class Screening(BaseModel):
+    """A request's screening decision, as logged in the audit log under ``decision_id``."""
+
+    decision_id: str
+    decision: str = Field(description="allow, flag or block.")
+    score: float = Field(description="The primary screen's calibrated probability of harm.")
+    screen: str
+    screen_version: str
+    block_threshold: float
+    flag_threshold: float
+    top_tokens: list[tuple[str, float]] = Field(
+        description="The tokens that raised the score most, with their share of the logit."
+    )
+    n_windows: int = Field(description="Token windows the text was screened in.")
+
+
 class PredictResult(BaseModel):
     label: str | None = Field(default=None, description="The most likely label (classification).")
-    scores: dict[str, float] = Field(description="Probability per label (classification).")
+    scores: dict[str, float] = Field(
+        default_factory=dict, description="Probability per label (classification)."
+    )
     value: float | None = Field(default=None, description="The predicted value (regression heads).")
+    blocked: bool = Field(
+        default=False, description="True: screening blocked this text and no output is given."
+    )
+    refusal: str | None = Field(default=None, description="Why a blocked text got no output.")
+    screening: Screening | None = Field(
+        default=None, description="The screening decision (absent when screening is off)."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -171,7 +225,28 @@ class GenerateRequest(_Request):
 
 class GenerateResponse(BaseModel):
     head_id: str
-    text: str = Field(description="The continuation, without the prompt.")
+    text: str = Field(description="The continuation, without the prompt ('' when blocked).")
+    blocked: bool = Field(default=False, description="True: screening withheld the output.")
+    refusal: str | None = None
+    screening: Screening | None = Field(default=None, description="The prompt's decision.")
+    generation_screening: Screening | None = Field(
+        default=None, description="The generated text's decision (screened before returning)."
+    )
+
+
+class ScreenRequest(PredictRequest):
+    """Texts to screen: ``{"texts": [...]}`` or ``{"text": "..."}``."""
+
+
+class ScreenResponse(BaseModel):
+    results: list[Screening]
+
+
+class FlagRecalibration(_Request):
+    """A tenant's ordinary (benign) traffic, to set its own flag threshold."""
+
+    texts: list[str] = Field(description="At least 20 benign requests typical of the tenant.")
+    target_fpr: float = Field(default=0.05, gt=0.0, lt=1.0)
 
 
 # ---------------------------------------------------------------------------- health

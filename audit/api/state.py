@@ -10,6 +10,7 @@ from fastapi import Request
 
 from audit.api.limits import RateLimiter
 from audit.api.settings import ApiSettings
+from audit.screening.gate import ScreeningGate
 from audit.tenants.registry import Registry
 from audit.tenants.service import TenantService
 from probes.backbone import Backbone
@@ -30,6 +31,7 @@ class ApiState:
     backbone: Backbone
     limiter: RateLimiter
     admin_digest: bytes | None  # None: no AUDIT_ADMIN_KEY, owner routes answer 503
+    gate: ScreeningGate | None = None  # None: the server runs without screening
 
     def is_admin_key(self, key: str) -> bool:
         """Return whether ``key`` is the owner's admin key (constant-time)."""

@@ -275,11 +275,15 @@ class TenantService:
         return record
 
     def submit_predict(
-        self, tenant_id: str, head_id: str, texts: Sequence[str]
+        self, tenant_id: str, head_id: str, texts: Sequence[str], *, screener: Any = None
     ) -> Future[list[HeadOutput]]:
-        """Return a Future of the head's outputs; the request joins the next mixed batch."""
+        """Return a Future of the head's outputs; the request joins the next mixed batch.
+
+        With a ``screener``, each text's first window is scored from the same forward (the
+        Future's ``windows`` attribute; see ``InferenceEngine.submit``).
+        """
         self._ready_record(tenant_id, head_id)
-        return self.engine.submit(head_id, texts)
+        return self.engine.submit(head_id, texts, screener=screener)
 
     def predict(self, tenant_id: str, head_id: str, texts: Sequence[str]) -> list[HeadOutput]:
         """Return the outputs of a tenant's head on ``texts``."""

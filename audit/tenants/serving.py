@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +32,20 @@ from probes.pooling import pool
 logger = logging.getLogger(__name__)
 
 Reader = tuple[str, str]  # (hook_name, pooling) a caller wants pooled for every row
+
+
+class Tap(Protocol):
+    """Reads a chunk's per-token activations (e.g. a screener); ``hooks`` are added to the pass."""
+
+    hooks: Sequence[str]
+
+    def __call__(
+        self,
+        acts: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        rows: np.ndarray,
+    ) -> None: ...
 
 
 @dataclass
@@ -50,6 +64,7 @@ def run_mixed(
     *,
     batch_size: int = 64,
     also: Sequence[Reader] = (),
+    tap: Tap | None = None,
 ) -> BatchResult:
     """Return ``heads[i]`` applied to ``texts[i]`` for every row, from one backbone pass per chunk.
 
@@ -57,6 +72,8 @@ def run_mixed(
     each chunk runs the backbone once up to the deepest hook needed by its heads (and by
     ``also``: readers such as screening probes that share the same forward), then every head on
     its own rows. Each row's output is bit-for-bit the one it gets when served alone.
+    ``tap`` is called once per chunk with that chunk's per-token activations (its ``hooks``
+    included in the pass), the mask, the token ids and the chunk's row indices.
     """
     if len(heads) != len(texts):
         raise InvalidInputError(f"Give one head per text: {len(heads)} heads, {len(texts)} texts.")
@@ -82,11 +99,16 @@ def run_mixed(
     ]
     for width, rows in chunks:
         chunk_heads = [heads[i] for i in rows]
-        hooks = sorted({h.input_hook for h in chunk_heads} | {r[0] for r in also})
-        acts, mask = backbone.forward_tokens(
-            tokens.input_ids[rows], tokens.attention_mask[rows], hooks, width=width
+        hooks = sorted(
+            {h.input_hook for h in chunk_heads}
+            | {r[0] for r in also}
+            | set(tap.hooks if tap is not None else ())
         )
+        ids = tokens.input_ids[rows]
+        acts, mask = backbone.forward_tokens(ids, tokens.attention_mask[rows], hooks, width=width)
         passes += 1
+        if tap is not None:
+            tap(acts, mask, ids, rows)
         for reader in also:
             pooled[reader][rows] = pool(acts[reader[0]], mask, reader[1]).float().cpu().numpy()
         for local, out in _apply_heads(chunk_heads, acts, mask).items():
@@ -232,6 +254,8 @@ class _Pending:
     future: Future[list[HeadOutput]]
     readers: tuple[Reader, ...] = ()
     pooled_future: Future[dict[Reader, np.ndarray]] | None = None
+    screener: Any = None  # an audit.screening Screener: first windows scored from this forward
+    windows_future: Future[list[Any]] | None = None
 
 
 class InferenceEngine:
@@ -279,19 +303,29 @@ class InferenceEngine:
         self.stop()
 
     def submit(
-        self, head_id: str, texts: Sequence[str], readers: Sequence[Reader] = ()
+        self,
+        head_id: str,
+        texts: Sequence[str],
+        readers: Sequence[Reader] = (),
+        *,
+        screener: Any = None,
     ) -> Future[list[HeadOutput]]:
         """Queue ``texts`` for head ``head_id``; return a Future of their outputs.
 
-        ``readers`` asks for pooled activations of the same forward (for screening); they come
-        back through ``pooled_future`` of the returned Future (attribute ``pooled``).
+        ``readers`` asks for pooled activations of the same forward; they come back through
+        ``pooled_future`` of the returned Future (attribute ``pooled``). ``screener`` (a
+        Screener) scores each text's first window from the same forward; the WindowScores come
+        back through the returned Future's attribute ``windows``.
         """
         if self._thread is None:
             self.start()
-        pending = _Pending(head_id, list(texts), Future(), tuple(readers))
+        pending = _Pending(head_id, list(texts), Future(), tuple(readers), screener=screener)
         if readers:
             pending.pooled_future = Future()
             pending.future.pooled = pending.pooled_future  # type: ignore[attr-defined]
+        if screener is not None:
+            pending.windows_future = Future()
+            pending.future.windows = pending.windows_future  # type: ignore[attr-defined]
         self._queue.put(pending)
         return pending.future
 
@@ -342,12 +376,18 @@ class InferenceEngine:
         if not live:
             return
         readers = sorted({r for item in live for r in item.readers})
+        screener = next((item.screener for item in live if item.screener is not None), None)
+        tap = _WindowTap(screener, len(texts)) if screener is not None else None
         try:
-            result = run_mixed(self.backbone, heads, texts, batch_size=self.max_batch, also=readers)
+            result = run_mixed(
+                self.backbone, heads, texts, batch_size=self.max_batch, also=readers, tap=tap
+            )
         except Exception as exc:
             logger.exception("mixed batch of %d texts failed", len(texts))
             for item in live:
                 _resolve(item.future, exc=exc)
+                if item.windows_future is not None:
+                    _resolve(item.windows_future, exc=exc)
             return
         self.n_batches += 1
         self.n_texts += len(texts)
@@ -358,8 +398,31 @@ class InferenceEngine:
                 _resolve(
                     item.pooled_future, {r: result.pooled[r][start:stop] for r in item.readers}
                 )
+            if item.windows_future is not None and tap is not None:
+                _resolve(item.windows_future, tap.scores[start:stop])
             _resolve(item.future, result.outputs[start:stop])
             start = stop
+
+
+class _WindowTap:
+    """A Tap that scores every row's (first) window with a screener, kept by row index."""
+
+    def __init__(self, screener: Any, n_rows: int) -> None:
+        self.screener = screener
+        self.hooks: Sequence[str] = tuple(screener.hooks)
+        self.scores: list[Any] = [None] * n_rows
+
+    def __call__(
+        self,
+        acts: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        rows: np.ndarray,
+    ) -> None:
+        for row, score in zip(
+            rows, self.screener.score_windows(acts, mask, input_ids), strict=True
+        ):
+            self.scores[int(row)] = score
 
 
 def _resolve(future: Future[Any], result: Any = None, exc: BaseException | None = None) -> None:

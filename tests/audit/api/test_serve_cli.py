@@ -56,7 +56,7 @@ def test_serve_builds_the_app_from_its_options(monkeypatch, backbone) -> None:
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(app=app, **kwargs))
     monkeypatch.delenv("AUDIT_ADMIN_KEY", raising=False)
     args = ["serve", "--port", "8123", "--rate-limit-per-minute", "5", "--max-text-chars", "50"]
-    result = CliRunner().invoke(main, [*args, "--json"])
+    result = CliRunner().invoke(main, [*args, "--no-screening", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout.strip().splitlines()[-1])
     assert info["url"] == "http://127.0.0.1:8123"
@@ -65,8 +65,25 @@ def test_serve_builds_the_app_from_its_options(monkeypatch, backbone) -> None:
     assert (settings.rate_limit_per_minute, settings.max_text_chars) == (5, 50)
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
     assert "AUDIT_ADMIN_KEY is not set" in result.stderr
+    assert info["screening"] is None
     bad = CliRunner().invoke(main, ["serve", "--max-text-chars", "0"])
     assert bad.exit_code == 2 and "--max-text-chars" in bad.output
+
+
+def test_serve_starts_with_the_latest_screen_bank(monkeypatch, backbone, screen_bank) -> None:
+    import uvicorn
+
+    from probes.backbone import Backbone
+
+    seen = {}
+    monkeypatch.setattr(Backbone, "load", classmethod(lambda cls, *a, **k: backbone))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(app=app, **kwargs))
+    result = CliRunner().invoke(main, ["serve", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["screening"] == {"version": screen_bank.version, "primary": screen_bank.primary}
+    missing = CliRunner().invoke(main, ["serve", "--screens", "nonexistent"])
+    assert missing.exit_code == 1 and "audit screen list" in missing.output
 
 
 def test_settings_and_head_fields_match_what_they_mirror() -> None:

@@ -12,7 +12,6 @@ from audit.screening import (
     ScreenSpec,
     clopper_pearson,
     expected_calibration_error,
-    fit_screens,
     load_bank,
     save_bank,
     threshold_for_fpr,
@@ -31,10 +30,8 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bank(backbone, store):
-    train = load_requests(split="train").subsample(N_TRAIN, seed=0)
-    calibration = load_requests(split="calibration").subsample(N_CALIBRATION, seed=0)
-    return fit_screens(backbone, store, train=train, calibration=calibration, seed=0)
+def bank(screen_bank):
+    return screen_bank  # 400 train / 300 calibration requests, fitted once per session
 
 
 @pytest.fixture(scope="module")
