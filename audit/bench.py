@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from audit.bench_screening import bench_screening
 from audit.bench_tenants import bench_blocks_training, bench_heads_cold, bench_tenants_mixed
 from audit.errors import AuditError
 from audit.report import package_versions
@@ -301,6 +302,7 @@ BENCHMARKS: dict[str, Callable[[BenchContext], list[Figure]]] = {
     "tenants_mixed": bench_tenants_mixed,
     "heads_cold": bench_heads_cold,
     "blocks_training": bench_blocks_training,
+    "screening": bench_screening,
 }
 
 

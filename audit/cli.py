@@ -591,6 +591,10 @@ from audit.log_cli import log  # noqa: E402
 
 main.add_command(log)
 
+from audit.screen_cli import screen  # noqa: E402
+
+main.add_command(screen)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -76,7 +76,27 @@ def test_readme_tenant_heads_example_runs(capsys, tmp_path, monkeypatch) -> None
 def test_readme_screening_example_runs(capsys) -> None:
     code = _blocks("python")[2]
     exec(compile(code, "README.md", "exec"), {})
-    first, decisions = capsys.readouterr().out.strip().splitlines()
+    first, *results = capsys.readouterr().out.strip().splitlines()
     primary, fpr, n_benign = first.split()
     assert primary.startswith("ensemble") and float(fpr) <= 0.01 and int(n_benign) > 100
-    assert decisions == "['allow', 'block']"
+    benign, harmful = (line.split()[0] for line in results)
+    assert benign in ("allow", "flag") and harmful == "block"
+    assert "bomb" in results[1] and results[1].endswith(" 1")  # top tokens, one window
+
+
+def _shell_commands(*prefixes: str) -> list[str]:
+    lines = [line.split("#")[0].strip() for b in _blocks("shell") for line in b.splitlines()]
+    return [line for line in lines if line.startswith(prefixes)]
+
+
+@pytest.mark.parametrize("command", _shell_commands("audit screen", "audit log"))
+def test_readme_screening_commands_use_real_options(command: str) -> None:
+    import click
+
+    args = shlex.split(command)[1:]
+    group = main
+    while isinstance(group, click.Group):
+        group = group.commands[args.pop(0)]
+    options = {opt for param in group.params for opt in param.opts}
+    used = {a for a in args if a.startswith("--")}
+    assert used <= options, (command, used - options)

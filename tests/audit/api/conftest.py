@@ -27,9 +27,7 @@ def api(tmp_path_factory, backbone) -> Iterator[Live]:
     # Screening has its own server (test_screening_api.py); this one serves heads unscreened.
     settings = ApiSettings(engine_max_wait_ms=50)
     home = tmp_path_factory.mktemp("api-home")
-    with live_server(
-        home, backbone, admin_key=ADMIN_KEY, settings=settings, screening=False
-    ) as live:
+    with live_server(home, backbone, admin_key=ADMIN_KEY, settings=settings) as live:
         yield live
 
 

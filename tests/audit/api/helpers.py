@@ -67,6 +67,8 @@ class Live:
 
 @contextmanager
 def live_server(home: Path, backbone, **kwargs) -> Iterator[Live]:
+    # Unscreened unless asked: screening tests pass screening=True with the session's bank.
+    kwargs.setdefault("screening", False)
     app = create_app(home=home, backbone=backbone, **kwargs)
     with serving(app) as url, httpx.Client(base_url=url, timeout=120) as client:
         yield Live(url, app, client, home)

@@ -29,7 +29,7 @@ def screened(tmp_path_factory, backbone, screen_bank) -> Iterator[Live]:
     settings = ApiSettings(max_text_chars=MAX_CHARS)
     home = tmp_path_factory.mktemp("screened-home")
     with live_server(
-        home, backbone, admin_key=ADMIN_KEY, settings=settings, bank=screen_bank
+        home, backbone, admin_key=ADMIN_KEY, settings=settings, screening=True, bank=screen_bank
     ) as live:
         yield live
 

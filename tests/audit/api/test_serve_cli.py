@@ -88,7 +88,8 @@ def test_serve_starts_with_the_latest_screen_bank(monkeypatch, backbone, screen_
 
 def test_settings_and_head_fields_match_what_they_mirror() -> None:
     assert ApiSettings().max_corpus_bytes == MAX_CORPUS_BYTES
-    assert set(HeadCreate.model_fields) - {"corpus_id"} == {f.name for f in fields(HeadSpec)}
+    request_only = {"corpus_id", "screen_policy"}
+    assert set(HeadCreate.model_fields) - request_only == {f.name for f in fields(HeadSpec)}
 
 
 def test_readme_serve_command_uses_real_options() -> None:
