@@ -85,8 +85,7 @@ def bench_screening(ctx: Any) -> list[Any]:
 
     def screen(i: int) -> None:
         acts, used = forwards[i]
-        for w in screener.score_windows(acts, used, batches[i][1]):
-            screener.decide([w])
+        screener.decide_all([[w] for w in screener.score_windows(acts, used, batches[i][1])])
 
     def write(i: int) -> None:
         # Fresh decision ids each time: the log refuses a decision id it already holds.

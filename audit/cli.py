@@ -595,6 +595,10 @@ from audit.screen_cli import screen  # noqa: E402
 
 main.add_command(screen)
 
+from audit.screen_eval_cli import screen_eval  # noqa: E402
+
+main.add_command(screen_eval)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

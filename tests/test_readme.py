@@ -81,7 +81,7 @@ def test_readme_screening_example_runs(capsys) -> None:
     assert primary.startswith("ensemble") and float(fpr) <= 0.01 and int(n_benign) > 100
     benign, harmful = (line.split()[0] for line in results)
     assert benign in ("allow", "flag") and harmful == "block"
-    assert "bomb" in results[1] and results[1].endswith(" 1")  # top tokens, one window
+    assert results[1].count("(") > 3 and results[1].endswith(" 1")  # top tokens, one window
 
 
 def _shell_commands(*prefixes: str) -> list[str]:

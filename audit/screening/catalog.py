@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from audit.screening.augment import augment_framings
 from audit.screening.screens import ScreenBank, ScreenSpec, fit_screens
 from audit.screening.storage import META_FILE, load_bank, save_bank
 from probes.errors import InvalidInputError
@@ -26,6 +27,8 @@ from probes.requests import RequestSet, load_requests
 from probes.store import ActivationStore
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_FRAMED_FRACTION = 0.3
 
 
 def default_specs(n_layers: int) -> tuple[ScreenSpec, ...]:
@@ -149,15 +152,21 @@ def default_training_data(
     max_train: int | None = None,
     max_calibration: int | None = None,
     seed: int = 0,
+    framed_fraction: float = DEFAULT_FRAMED_FRACTION,
 ) -> tuple[RequestSet, RequestSet]:
-    """Return the bundled requests' train and calibration splits (optionally subsampled)."""
+    """Return the bundled requests' train and calibration splits (optionally subsampled).
+
+    ``max_train`` counts the bundled rows; ``framed_fraction`` of them (of each label) are then
+    added again wrapped in a training framing (``augment_framings``; 0 turns it off). The
+    calibration split is left as real traffic would look.
+    """
     train = load_requests(sources, split="train", seed=seed)
     calibration = load_requests(sources, split="calibration", seed=seed)
     if max_train is not None and train.n_samples > max_train:
         train = train.subsample(max_train, seed=seed)
     if max_calibration is not None and calibration.n_samples > max_calibration:
         calibration = calibration.subsample(max_calibration, seed=seed)
-    return train, calibration
+    return augment_framings(train, framed_fraction, seed=seed), calibration
 
 
 def fit_default_bank(

@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from audit.screening.screens import Screen, ScreenBank, ScreenDecision
 from probes.errors import FingerprintMismatchError, InvalidInputError
-from probes.pooling import pool
 
 DEFAULT_MAX_CHARS = 100_000
 DEFAULT_TOP_K = 8
@@ -128,9 +127,30 @@ class Screener:
             )
         d_model = int(bank.d_model)
         self._directions = {s.spec.name: _Direction(s, d_model) for s in bank.screens}
+        self._names = [s.spec.name for s in bank.screens]
+        self._intercepts = np.array([self._directions[n].intercept for n in self._names])
+        # Per reader: every screen's weights on it stacked [d_model, k], their screen columns,
+        # and the primary's column among them (None if the primary does not read it).
+        stacks: dict[tuple[str, str], list[tuple[int, torch.Tensor]]] = {}
+        for col, name in enumerate(self._names):
+            direction = self._directions[name]
+            for reader, w in zip(direction.readers, direction.weights, strict=True):
+                stacks.setdefault(reader, []).append((col, w))
+        primary_col = self._names.index(bank.primary)
+        self._projections = {
+            reader: (
+                torch.stack([w for _, w in pairs], dim=1).numpy(),
+                [c for c, _ in pairs],
+                next((i for i, (c, _) in enumerate(pairs) if c == primary_col), None),
+            )
+            for reader, pairs in sorted(stacks.items())
+        }
         self.hooks = sorted({h for h, _ in bank.readers})
-        self._special = set(int(i) for i in tok.all_special_ids)
+        self._special_ids = np.array(sorted({int(i) for i in tok.all_special_ids}))
+        self._vocab = [str(t) for t in tok.convert_ids_to_tokens(list(range(len(tok))))]
         self._pad_id = int(tok.pad_token_id or 0)
+        self._primary = bank.screen(bank.primary)
+        self._version = bank.version
         self.n_forward_passes = 0
 
     @property
@@ -164,7 +184,6 @@ class Screener:
         return [self._prefix + ids[s : s + self._content] + self._suffix for s in starts]
 
     # ---------------------------------------------------------------- scoring
-    @torch.inference_mode()
     def score_windows(
         self,
         acts: Mapping[str, torch.Tensor],
@@ -177,39 +196,56 @@ class Screener:
         ``input_ids`` are the forward's [rows, pos] (right-padded; only the first
         ``mask.shape[1]`` ids are read).
         """
-        mask = mask.to(torch.bool).cpu()
-        input_ids = input_ids[:, : mask.shape[1]].cpu()
-        if input_ids.shape[1] < mask.shape[1]:  # the forward padded wider than the ids
-            extra = mask.shape[1] - input_ids.shape[1]
-            input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=self._pad_id)
-        n_real = mask.sum(1).clamp_min(1)
-        pooled: dict[tuple[str, str], torch.Tensor] = {}
-        for reader in self.bank.readers:
-            pooled[reader] = pool(acts[reader[0]], mask, reader[1]).float().cpu()
-        logits = {}
-        for name, direction in self._directions.items():
-            total = torch.full((mask.shape[0],), direction.intercept, dtype=torch.float64)
-            for reader, w in zip(direction.readers, direction.weights, strict=True):
-                total += (pooled[reader] @ w).double()
-            logits[name] = total.numpy()
-        contrib = self._token_terms(self._directions[self.bank.primary], acts, mask, n_real)
-        special = torch.isin(input_ids, torch.tensor(sorted(self._special), dtype=input_ids.dtype))
-        contrib = contrib.masked_fill(~mask | special, float("-inf"))
-        k = min(self.top_k, contrib.shape[1])
-        values, index = contrib.topk(k, dim=1)
+        # numpy from here: these ops are small, and torch's threads cost more than they save.
+        m = mask.detach().to(torch.bool).cpu().numpy()
+        ids = input_ids[:, : m.shape[1]].detach().cpu().numpy()
+        if ids.shape[1] < m.shape[1]:  # the forward padded wider than the ids
+            ids = np.pad(ids, ((0, 0), (0, m.shape[1] - ids.shape[1])), constant_values=0)
+        n_rows, n_pos = m.shape
+        n_real = np.maximum(m.sum(1), 1)
+        scale = n_real.astype(np.float32)[:, None]
+        logits = np.tile(self._intercepts, (n_rows, 1))  # [rows, screens]
+        terms = np.zeros((n_rows, n_pos), dtype=np.float32)  # the primary's per-token terms
+        padded = not bool(m.all())
+        for (hook, pooling), (weights, cols, primary_col) in self._projections.items():
+            h = acts[hook].detach().float().cpu().numpy()
+            if pooling == "mean":  # one matmul serves every screen reading this layer
+                proj = (h.reshape(-1, h.shape[-1]) @ weights).reshape(n_rows, n_pos, -1)
+                proj *= m[:, :, None]
+                per_row = proj.sum(1) / scale
+                if primary_col is not None:
+                    terms += proj[:, :, primary_col] / scale
+            elif pooling == "max":
+                held = np.where(m[:, :, None], h, -np.inf) if padded else h
+                top = held.max(1)
+                per_row = top @ weights
+                if primary_col is not None:  # each dimension's term goes to its max token
+                    winner = held.argmax(1)  # [rows, d_model]: the token holding each maximum
+                    share = top * weights[:, primary_col]
+                    for r in range(n_rows):
+                        terms[r] += np.bincount(winner[r], weights=share[r], minlength=n_pos)
+            else:  # first / last: one token carries the whole term
+                at = np.zeros(n_rows, dtype=np.int64) if pooling == "first" else n_real - 1
+                per_row = h[np.arange(n_rows), at] @ weights
+                if primary_col is not None:
+                    terms[np.arange(n_rows), at] += per_row[:, primary_col]
+            logits[:, cols] += per_row
+        terms[~m | np.isin(ids, self._special_ids)] = -np.inf
+        k = min(self.top_k, n_pos)
+        index = np.argsort(-terms, axis=1, kind="stable")[:, :k]
+        values = np.take_along_axis(terms, index, 1).tolist()
+        token_ids = np.take_along_axis(ids, index, 1).tolist()
+        vocab, names = self._vocab, self._names
         out = []
-        for row in range(mask.shape[0]):
-            keep = [j for j in range(k) if np.isfinite(float(values[row, j]))]
-            ids = [int(input_ids[row, int(index[row, j])]) for j in keep]
-            pieces = self._tok.convert_ids_to_tokens(ids)
-            top = tuple(
-                (str(p), round(float(values[row, j]), 6)) for p, j in zip(pieces, keep, strict=True)
+        for r in range(n_rows):
+            tops = tuple(
+                (vocab[token_ids[r][j]], values[r][j]) for j in range(k) if values[r][j] != -np.inf
             )
             out.append(
                 WindowScore(
-                    logits={n: float(v[row]) for n, v in logits.items()},
-                    top_tokens=top,
-                    n_tokens=int(n_real[row]),
+                    logits=dict(zip(names, logits[r].tolist(), strict=True)),
+                    top_tokens=tops,
+                    n_tokens=int(n_real[r]),
                 )
             )
         return out
@@ -241,36 +277,49 @@ class Screener:
 
     def decide(self, windows: Sequence[WindowScore]) -> ScreenResult:
         """Return one text's result from the scores of its windows (in text order)."""
-        if not windows:
+        return self.decide_all([windows])[0]
+
+    def decide_all(self, texts: Sequence[Sequence[WindowScore]]) -> list[ScreenResult]:
+        """Return each text's result from its windows' scores (calibrated in one pass per screen)."""
+        if any(not windows for windows in texts):
             raise InvalidInputError("A text needs at least one window to be screened.")
-        bank = self.bank
-        primary = bank.screen(bank.primary)
-        per_screen = {
-            s.spec.name: s.calibrator(np.array([w.logits[s.spec.name] for w in windows]))
-            for s in bank.screens
+        flat = [w for windows in texts for w in windows]
+        calibrated = {
+            s.spec.name: s.calibrator(np.array([w.logits[s.spec.name] for w in flat]))
+            for s in self.bank.screens
         }
-        main = per_screen[bank.primary]
-        best = int(np.argmax(main))
-        score = float(main[best])
-        action = primary.decide(np.array([score]))[0]
-        decision = ScreenDecision(
-            decision=action,
-            score=score,
-            screen=bank.primary,
-            version=bank.version,
-            block_threshold=primary.block.value,
-            flag_threshold=primary.flag.value,
-            scores={name: float(np.max(v)) for name, v in per_screen.items()},
-        )
-        return ScreenResult(
-            decision=decision,
-            top_tokens=windows[best].top_tokens,
-            layers=primary.spec.layers,
-            n_tokens=sum(w.n_tokens for w in windows),
-            n_windows=len(windows),
-            window=best,
-            window_scores=tuple(float(v) for v in main),
-        )
+        primary = self._primary
+        block, flag = primary.block.value, primary.flag.value
+        starts = np.cumsum([0] + [len(windows) for windows in texts[:-1]])
+        maxima = {n: np.maximum.reduceat(v, starts).tolist() for n, v in calibrated.items()}
+        results, start = [], 0
+        for t, windows in enumerate(texts):
+            stop = start + len(windows)
+            main = calibrated[self.bank.primary][start:stop]
+            best = 0 if len(main) == 1 else int(np.argmax(main))
+            score = float(main[best])
+            decision = ScreenDecision(
+                decision="block" if score >= block else "flag" if score >= flag else "allow",
+                score=score,
+                screen=self.bank.primary,
+                version=self._version,
+                block_threshold=block,
+                flag_threshold=flag,
+                scores={n: v[t] for n, v in maxima.items()},
+            )
+            results.append(
+                ScreenResult(
+                    decision=decision,
+                    top_tokens=windows[best].top_tokens,
+                    layers=primary.spec.layers,
+                    n_tokens=sum(w.n_tokens for w in windows),
+                    n_windows=len(windows),
+                    window=best,
+                    window_scores=tuple(main.tolist()),
+                )
+            )
+            start = stop
+        return results
 
     def screen(
         self,
@@ -325,11 +374,8 @@ class Screener:
                 per_text[i][j] = score
             bar.update(len(chunk))
         bar.close()
-        results = []
-        for scored in per_text:
-            assert all(w is not None for w in scored)
-            results.append(self.decide([w for w in scored if w is not None]))
-        return results
+        assert all(w is not None for scored in per_text for w in scored)
+        return self.decide_all([[w for w in scored if w is not None] for scored in per_text])
 
     def scores(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Return the primary screen's calibrated score per text (window maximum)."""
