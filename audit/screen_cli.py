@@ -38,6 +38,12 @@ def _backbone(spec: str, max_length: int | None) -> Any:
 @click.option("--block-fpr", type=float, default=0.01, show_default=True)
 @click.option("--flag-fpr", type=float, default=0.05, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--span",
+    is_flag=True,
+    help="Also fit the long-text span rule (the primary's strongest run of 32 tokens, with "
+    "thresholds set on long benign texts made from the calibration split).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the bank's summary as JSON.")
 @_friendly
 def fit(
@@ -49,6 +55,7 @@ def fit(
     block_fpr: float,
     flag_fpr: float,
     seed: int,
+    span: bool,
     as_json: bool,
 ) -> None:
     """Fit the default screens (mean, max and multi-layer logistic) and save a new bank version.
@@ -79,6 +86,7 @@ def fit(
         seed=seed,
         progress=True,
         save=False,
+        span=span,
     )
     path = save_to_catalog(bank)
     if as_json:

@@ -12,15 +12,18 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from audit.screening.augment import augment_framings
-from audit.screening.screens import ScreenBank, ScreenSpec, fit_screens
+from audit.screening.robustness import bury, make_filler
+from audit.screening.screener import DEFAULT_SPAN_TOKENS, Screener
+from audit.screening.screens import ScreenBank, ScreenSpec, SpanRule, fit_screens
 from audit.screening.storage import META_FILE, load_bank, save_bank
+from audit.screening.thresholds import Threshold, measure_threshold, threshold_for_fpr
 from probes.errors import InvalidInputError
 from probes.home import audit_home
 from probes.requests import RequestSet, load_requests
@@ -169,6 +172,71 @@ def default_training_data(
     return augment_framings(train, framed_fraction, seed=seed), calibration
 
 
+def fit_span_rule(
+    backbone: Any,
+    bank: ScreenBank,
+    calibration: RequestSet,
+    *,
+    span_tokens: int = DEFAULT_SPAN_TOKENS,
+    n_long: int = 200,
+    chars: tuple[int, int] = (1000, 6000),
+    seed: int = 0,
+    progress: bool = False,
+) -> ScreenBank:
+    """Return ``bank`` with the primary's long-text span rule set on calibration-made texts.
+
+    ``n_long`` long benign texts are made by joining random benign calibration requests
+    (``chars`` characters each), and half as many long harmful ones by burying a harmful
+    calibration request in such a text. The span thresholds flag / block at most the bank's
+    target FPRs of the long benign texts, and never sit below the bank's own thresholds, so texts
+    no longer than the span (whose span score is their score) decide exactly as before.
+    """
+    primary = bank.screen(bank.primary)
+    if primary.spec.pooling != "mean":
+        raise InvalidInputError(
+            f"The span rule reads a mean-pooled primary screen; {bank.primary!r} pools by "
+            f"{primary.spec.pooling!r}."
+        )
+    benign = [t for t, y in zip(calibration.texts, calibration.labels, strict=True) if y == 0]
+    harmful = [t for t, y in zip(calibration.texts, calibration.labels, strict=True) if y == 1]
+    if len(benign) < 10 or len(harmful) < 2:
+        raise InvalidInputError(
+            "The span rule needs at least 10 benign and 2 harmful calibration requests."
+        )
+    rng = np.random.default_rng([seed, 4242])
+    long_benign = [make_filler(benign, rng, *chars) for _ in range(n_long)]
+    long_harmful = [
+        bury(harmful[int(rng.integers(len(harmful)))], benign, rng, *chars)[0]
+        for _ in range(max(1, n_long // 2))
+    ]
+    plain = replace(bank, span=None)
+    screener = Screener(backbone, plain, span_tokens=span_tokens)
+    results = screener.screen(long_benign + long_harmful, progress=progress)
+    spans = np.array([r.span_score for r in results], dtype=np.float64)
+    b_spans, h_spans = spans[:n_long], spans[n_long:]
+    info = bank.training
+
+    def threshold(action: str, target: float, floor: float) -> Threshold:
+        chosen = threshold_for_fpr(action, target, b_spans, h_spans)
+        if chosen.value < floor:
+            chosen = measure_threshold(action, floor, target, b_spans, h_spans)
+        return chosen
+
+    block = threshold("block", info.target_block_fpr, primary.block.value)
+    flag = threshold("flag", info.target_flag_fpr, primary.flag.value)
+    if flag.value > block.value:
+        flag = measure_threshold("flag", block.value, info.target_flag_fpr, b_spans, h_spans)
+    rule = SpanRule(span_tokens, block, flag, len(long_benign), len(long_harmful))
+    logger.info(
+        "span rule (%d tokens): block %.4f (long benign FPR %.3f), flag %.4f",
+        span_tokens,
+        block.value,
+        block.fpr.value,
+        flag.value,
+    )
+    return replace(bank, span=rule)
+
+
 def fit_default_bank(
     backbone: Any,
     store: ActivationStore | None = None,
@@ -181,8 +249,15 @@ def fit_default_bank(
     seed: int = 0,
     progress: bool = True,
     save: bool = True,
+    span: bool = False,
 ) -> ScreenBank:
-    """Return a bank fitted on the bundled requests (or the given splits), saved to the catalog."""
+    """Return a bank fitted on the bundled requests (or the given splits), saved to the catalog.
+
+    With ``span`` (and a mean-pooled primary) the long-text span rule is fitted too
+    (``fit_span_rule``, on texts made from the calibration split). It is off by default: on
+    MiniLM it caught 4 of 100 harmful requests buried in long benign text (none without it) while
+    blocking 1 of 100 long benign texts and raising the evaluation FPR at block from 1.02% to 1.12%.
+    """
     if (train is None) != (calibration is None):
         raise InvalidInputError("Give both train and calibration requests, or neither.")
     if train is None or calibration is None:
@@ -199,6 +274,8 @@ def fit_default_bank(
         seed=seed,
         progress=progress,
     )
+    if span and bank.screen(bank.primary).spec.pooling == "mean":
+        bank = fit_span_rule(backbone, bank, calibration, seed=seed, progress=progress)
     if save:
         path = save_to_catalog(bank)
         logger.info("screen bank %s saved to %s", bank.version, path)

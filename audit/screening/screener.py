@@ -28,6 +28,7 @@ from probes.errors import FingerprintMismatchError, InvalidInputError
 
 DEFAULT_MAX_CHARS = 100_000
 DEFAULT_TOP_K = 8
+DEFAULT_SPAN_TOKENS = 32
 
 
 class TextTooLongError(InvalidInputError):
@@ -41,6 +42,7 @@ class WindowScore:
     logits: dict[str, float]
     top_tokens: tuple[tuple[str, float], ...]
     n_tokens: int
+    span_logit: float | None = None  # the primary's strongest run of span_tokens tokens
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ScreenResult:
     n_windows: int
     window: int  # index of the deciding window
     window_scores: tuple[float, ...] = field(default=())  # the primary's score per window
+    span_score: float | None = None  # the primary's calibrated span maximum, over windows
 
     @property
     def action(self) -> str:
@@ -90,6 +93,7 @@ class Screener:
         stride: int | None = None,
         batch_size: int = 32,
         top_k: int = DEFAULT_TOP_K,
+        span_tokens: int = DEFAULT_SPAN_TOKENS,
     ) -> None:
         fingerprint = getattr(backbone, "fingerprint", None)
         if fingerprint != bank.fingerprint:
@@ -137,6 +141,12 @@ class Screener:
             for reader, w in zip(direction.readers, direction.weights, strict=True):
                 stacks.setdefault(reader, []).append((col, w))
         primary_col = self._names.index(bank.primary)
+        # The span read needs a primary screen that is mean-pooled on every layer it reads.
+        primary_spec = bank.screen(bank.primary).spec
+        self.span_tokens: int | None = None
+        if primary_spec.pooling == "mean":
+            self.span_tokens = bank.span.tokens if bank.span is not None else span_tokens
+        self._primary_col = primary_col
         self._projections = {
             reader: (
                 torch.stack([w for _, w in pairs], dim=1).numpy(),
@@ -206,6 +216,7 @@ class Screener:
         scale = n_real.astype(np.float32)[:, None]
         logits = np.tile(self._intercepts, (n_rows, 1))  # [rows, screens]
         terms = np.zeros((n_rows, n_pos), dtype=np.float32)  # the primary's per-token terms
+        raw = np.zeros((n_rows, n_pos), dtype=np.float64)  # the same, not divided by the length
         padded = not bool(m.all())
         for (hook, pooling), (weights, cols, primary_col) in self._projections.items():
             h = acts[hook].detach().float().cpu().numpy()
@@ -215,6 +226,7 @@ class Screener:
                 per_row = proj.sum(1) / scale
                 if primary_col is not None:
                     terms += proj[:, :, primary_col] / scale
+                    raw += proj[:, :, primary_col]
             elif pooling == "max":
                 held = np.where(m[:, :, None], h, -np.inf) if padded else h
                 top = held.max(1)
@@ -230,6 +242,7 @@ class Screener:
                 if primary_col is not None:
                     terms[np.arange(n_rows), at] += per_row[:, primary_col]
             logits[:, cols] += per_row
+        spans = self._span_logits(raw, n_real, logits[:, self._primary_col])
         terms[~m | np.isin(ids, self._special_ids)] = -np.inf
         k = min(self.top_k, n_pos)
         index = np.argsort(-terms, axis=1, kind="stable")[:, :k]
@@ -246,8 +259,31 @@ class Screener:
                     logits=dict(zip(names, logits[r].tolist(), strict=True)),
                     top_tokens=tops,
                     n_tokens=int(n_real[r]),
+                    span_logit=None if spans is None else float(spans[r]),
                 )
             )
+        return out
+
+    def _span_logits(
+        self, raw: np.ndarray, n_real: np.ndarray, whole: np.ndarray
+    ) -> np.ndarray | None:
+        """Return the primary's logit over each row's strongest run of ``span_tokens`` tokens.
+
+        Rows no longer than the span keep their whole-window logit. ``raw`` holds each token's
+        unnormalised term (zero on padding); a run's logit is the intercept plus its mean term.
+        """
+        if self.span_tokens is None:
+            return None
+        size = self.span_tokens
+        out = whole.astype(np.float64).copy()
+        long_rows = np.flatnonzero(n_real > size)
+        if len(long_rows):
+            cs = np.concatenate([np.zeros((len(long_rows), 1)), raw[long_rows].cumsum(1)], axis=1)
+            sums = cs[:, size:] - cs[:, :-size]  # [rows, pos - size + 1]: every run's total
+            starts = np.arange(sums.shape[1])[None, :]
+            valid = starts + size <= n_real[long_rows][:, None]  # runs inside the real tokens
+            best = np.where(valid, sums, -np.inf).max(1)
+            out[long_rows] = self._intercepts[self._primary_col] + best / size
         return out
 
     @staticmethod
@@ -293,11 +329,26 @@ class Screener:
         starts = np.cumsum([0] + [len(windows) for windows in texts[:-1]])
         maxima = {n: np.maximum.reduceat(v, starts).tolist() for n, v in calibrated.items()}
         results, start = [], 0
+        span_scores = None
+        if self.span_tokens is not None:
+            span_scores = primary.calibrator(
+                np.array([w.span_logit if w.span_logit is not None else -np.inf for w in flat])
+            )
+        rule = self.bank.span
         for t, windows in enumerate(texts):
             stop = start + len(windows)
             main = calibrated[self.bank.primary][start:stop]
             best = 0 if len(main) == 1 else int(np.argmax(main))
             score = float(main[best])
+            span = None if span_scores is None else float(span_scores[start:stop].max())
+            scores = {n: v[t] for n, v in maxima.items()}
+            if rule is not None and span is not None:
+                spans = span_scores[start:stop]  # type: ignore[index]
+                whole = score
+                score = rule.effective(whole, span, block, flag)
+                if score > whole:  # the span decides: its window's tokens explain it
+                    best = int(np.argmax(spans))
+                scores[self.bank.primary] = score
             decision = ScreenDecision(
                 decision="block" if score >= block else "flag" if score >= flag else "allow",
                 score=score,
@@ -305,7 +356,7 @@ class Screener:
                 version=self._version,
                 block_threshold=block,
                 flag_threshold=flag,
-                scores={n: v[t] for n, v in maxima.items()},
+                scores=scores,
             )
             results.append(
                 ScreenResult(
@@ -316,6 +367,7 @@ class Screener:
                     n_windows=len(windows),
                     window=best,
                     window_scores=tuple(main.tolist()),
+                    span_score=span,
                 )
             )
             start = stop

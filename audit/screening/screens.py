@@ -161,6 +161,54 @@ class TrainingInfo:
 
 
 @dataclass(frozen=True)
+class SpanRule:
+    """The primary screen's rule for long texts: its score over the strongest span of tokens.
+
+    A mean-pooled screen dilutes a short harmful passage inside long benign text. For each window
+    the screener also scores every run of ``tokens`` consecutive tokens (the same linear read,
+    averaged over the run instead of the whole window) and keeps the highest. Long benign texts
+    score higher on that maximum than short ones, so it has thresholds of its own, set on long
+    benign texts made from the calibration split (``block`` / ``flag``, never below the bank's),
+    and a text is blocked when either its whole-window score or its span score reaches its
+    threshold.
+    """
+
+    tokens: int
+    block: Threshold
+    flag: Threshold
+    n_long_benign: int
+    n_long_harmful: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens,
+            "block": self.block.as_dict(),
+            "flag": self.flag.as_dict(),
+            "n_long_benign": self.n_long_benign,
+            "n_long_harmful": self.n_long_harmful,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SpanRule:
+        return cls(
+            tokens=int(data["tokens"]),
+            block=Threshold.from_dict(data["block"]),
+            flag=Threshold.from_dict(data["flag"]),
+            n_long_benign=int(data["n_long_benign"]),
+            n_long_harmful=int(data["n_long_harmful"]),
+        )
+
+    def effective(self, score: float, span_score: float, block: float, flag: float) -> float:
+        """Return one score on the bank's scale: the larger of ``score`` and the span score
+        mapped so that its flag / block thresholds land on the bank's (piecewise linear)."""
+        knots_x = [0.0, self.flag.value, self.block.value, 1.0]
+        knots_y = [0.0, flag, block, 1.0]
+        for i in range(1, 4):  # strictly increasing knots for interpolation
+            knots_x[i] = max(knots_x[i], knots_x[i - 1] + 1e-12)
+        return max(score, float(np.interp(span_score, knots_x, knots_y)))
+
+
+@dataclass(frozen=True)
 class ScreenDecision:
     """One request's decision: the action, the primary screen's score and every screen's score."""
 
@@ -184,6 +232,7 @@ class ScreenBank:
     d_model: int
     training: TrainingInfo
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    span: SpanRule | None = None  # the primary's long-text rule (``catalog.fit_span_rule``)
 
     def __post_init__(self) -> None:
         names = [s.spec.name for s in self.screens]
@@ -389,6 +438,7 @@ def describe(bank: ScreenBank) -> dict[str, Any]:
     return {
         "version": bank.version,
         "primary": bank.primary,
+        "span": None if bank.span is None else bank.span.as_dict(),
         "fingerprint": bank.fingerprint,
         "training": asdict(bank.training),
         "screens": [

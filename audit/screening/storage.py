@@ -23,6 +23,7 @@ from audit.screening.screens import (
     Screen,
     ScreenBank,
     ScreenSpec,
+    SpanRule,
     TrainingInfo,
 )
 from audit.screening.thresholds import Threshold
@@ -65,6 +66,7 @@ class BankMeta(BaseModel):
     primary: str
     training: dict[str, Any]
     screens: list[ScreenMeta]
+    span: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ def bank_content(bank: ScreenBank) -> BankContent:
         "training": asdict(bank.training),
         "screens": screens,
     }
+    if bank.span is not None:
+        body["span"] = bank.span.as_dict()
     # A JSON round trip first, so the hash sees exactly what load_bank will read back.
     body = json.loads(json.dumps(body))
     version = _version(tensors, body)
@@ -246,6 +250,7 @@ def load_bank(
             d_model=meta.d_model,
             training=TrainingInfo(**meta.training),
             created_at=meta.created_at,
+            span=None if meta.span is None else SpanRule.from_dict(meta.span),
         )
     except (TypeError, KeyError, InvalidInputError) as exc:
         raise CorruptArtifactError(f"Screen bank {folder} is inconsistent: {exc}") from exc

@@ -143,3 +143,37 @@ def test_gate_logs_every_decision_durably_and_applies_tenant_flags(screener, sam
     with pytest.raises(InvalidInputError, match="at least 20"):
         gate.recalibrate_flag("t1", benign[:5])
     log.close()
+
+
+def test_span_rule_reads_buried_passages_and_leaves_short_texts_alone(
+    backbone, screen_bank, screener, sample, tmp_path
+):
+    from audit.screening import load_bank, save_bank
+    from audit.screening.catalog import default_training_data, fit_span_rule
+
+    _, calibration = default_training_data(max_train=400, max_calibration=300)
+    spanned = fit_span_rule(backbone, screen_bank, calibration, n_long=40, chars=(600, 1500))
+    rule, primary = spanned.span, screen_bank.screen(screen_bank.primary)
+    assert rule is not None and rule.tokens == 32 and rule.n_long_benign == 40
+    assert rule.block.value >= primary.block.value and rule.flag.value >= primary.flag.value
+    assert rule.flag.value <= rule.block.value and rule.block.n_benign == 40
+    # The mapped span score lands exactly on the bank's thresholds.
+    assert rule.effective(0.0, rule.block.value, primary.block.value, primary.flag.value) == (
+        pytest.approx(primary.block.value)
+    )
+    assert rule.effective(0.7, 0.0, primary.block.value, primary.flag.value) == 0.7
+    with_span = Screener(backbone, spanned)
+    short = [t for t in sample.texts if len(backbone.tokenize([t]).input_ids[0]) <= rule.tokens]
+    assert short
+    plain_results, span_results = screener.screen(short), with_span.screen(short)
+    assert [r.action for r in plain_results] == [r.action for r in span_results]
+    np.testing.assert_allclose(
+        [r.score for r in plain_results], [r.score for r in span_results], atol=1e-9
+    )
+    buried = FILLER * 12 + HARMFUL + " " + FILLER * 6
+    [before], [after] = screener.screen([buried]), with_span.screen([buried])
+    assert after.span_score is not None and after.span_score > before.score
+    assert after.score >= before.score
+    folder = save_bank(spanned, tmp_path / "bank")
+    loaded = load_bank(folder, backbone)
+    assert loaded.span == rule and loaded.version == spanned.version != screen_bank.version
