@@ -7,38 +7,18 @@ one line on stderr and exit 1; progress and logs go to stderr.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import click
 
+from audit.cli_common import emit_json, friendly
 from audit.errors import AuditError
 
 DEFAULT_MAX_SAMPLES = 2000
-
-
-def _emit_json(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=1, default=str))
-
-
-def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's own errors into one clean line and exit status 1."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from probes.errors import ProbesError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ProbesError, AuditError) as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -163,7 +143,7 @@ def _backbone_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@_friendly
+@friendly
 def probe(
     concepts: tuple[str, ...],
     dataset_names: tuple[str, ...],
@@ -292,7 +272,7 @@ def probe(
         report = build_report(backbone, results, settings, scorecards)
         paths = write_report(report, run_dir)
         if as_json:
-            _emit_json(
+            emit_json(
                 {
                     "report_dir": str(run_dir),
                     "files": {k: str(v) for k, v in paths.items()},
@@ -401,7 +381,7 @@ def checks_command(as_json: bool) -> None:
     from probes.robustness.scorecard import CHECK_MODULES
 
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "checks": list(CHECK_MODULES),
                 "thresholds": {
@@ -423,7 +403,7 @@ def store() -> None:
 
 @store.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@_friendly
+@friendly
 def store_list(as_json: bool) -> None:
     """List stored activation shards."""
     from probes import ActivationStore
@@ -431,7 +411,7 @@ def store_list(as_json: bool) -> None:
     act_store = ActivationStore()
     shards = act_store.list()
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "root": str(act_store.root),
                 "shards": [
@@ -468,7 +448,7 @@ def store_list(as_json: bool) -> None:
 )
 @click.option("--all", "everything", is_flag=True, help="Delete every shard.")
 @click.option("--json", "as_json", is_flag=True)
-@_friendly
+@friendly
 def store_prune(
     fingerprint: str | None, older_than: float | None, everything: bool, as_json: bool
 ) -> None:
@@ -479,7 +459,7 @@ def store_prune(
         fingerprint=fingerprint, older_than_days=older_than, everything=everything
     )
     if as_json:
-        _emit_json({"deleted": n, "bytes_freed": freed})
+        emit_json({"deleted": n, "bytes_freed": freed})
     else:
         click.echo(f"deleted {n} shards, freed {freed / 1e6:.1f} MB")
 
@@ -489,7 +469,7 @@ def store_prune(
     "--requests", "show_requests", is_flag=True, help="List the request-screening sources instead."
 )
 @click.option("--json", "as_json", is_flag=True)
-@_friendly
+@friendly
 def datasets(show_requests: bool, as_json: bool) -> None:
     """List the bundled concept datasets (or request sources) and the packages they come from."""
     from probes import list_datasets
@@ -499,7 +479,7 @@ def datasets(show_requests: bool, as_json: bool) -> None:
 
         sources = list_request_sources()
         if as_json:
-            _emit_json([s.__dict__ for s in sources])
+            emit_json([s.__dict__ for s in sources])
             return
         name_w = max(len(s.name) for s in sources)
         package_w = max(len(s.package) for s in sources)
@@ -512,7 +492,7 @@ def datasets(show_requests: bool, as_json: bool) -> None:
         return
     infos = list_datasets()
     if as_json:
-        _emit_json([i.__dict__ for i in infos])
+        emit_json([i.__dict__ for i in infos])
         return
     for i in infos:
         click.echo(f"{i.name:<16} {i.concept:<10} {i.package:<24} {i.description}")
@@ -522,7 +502,7 @@ def datasets(show_requests: bool, as_json: bool) -> None:
 @_backbone_options
 @click.option("--hooks", "show_hooks", is_flag=True, help="Also list every hook name.")
 @click.option("--json", "as_json", is_flag=True)
-@_friendly
+@friendly
 def backbone(
     backbone_spec: str, device: str, max_length: int | None, show_hooks: bool, as_json: bool
 ) -> None:
@@ -534,7 +514,7 @@ def backbone(
     if show_hooks:
         info["hook_names"] = list(bb.hook_names)
     if as_json:
-        _emit_json(info)
+        emit_json(info)
         return
     for key, value in info.items():
         if key != "hook_names":
@@ -551,7 +531,7 @@ def backbone(
 )
 @click.option("--only", "only", multiple=True, help="Run only these benchmarks (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
-@_friendly
+@friendly
 def bench(
     quick: bool,
     backbone_spec: str,
@@ -573,7 +553,7 @@ def bench(
         only=list(only) or None,
     )
     if as_json:
-        _emit_json(result.payload)
+        emit_json(result.payload)
         return
     click.echo(result.markdown)
     click.echo(f"written: {result.json_path}")

@@ -16,19 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from audit.cli_common import emit_json as _emit_json
+from audit.cli_common import friendly as _friendly
+from audit.errors import AuditError
+
 if TYPE_CHECKING:
     from audit.screening.log import SQLiteAuditLog
 
 
-# Declared, not decorated, so its type is known across the import cycle with audit.cli.
 log: click.Group = click.Group(
     "log",
     help="Verify, show and export the tamper-evident log of screening decisions.",
 )
-
-# Imported after ``log`` exists: audit.cli imports this module back to register the group.
-from audit.cli import _emit_json, _friendly  # noqa: E402
-from audit.errors import AuditError  # noqa: E402
 
 
 def _db_option(fn: Any) -> Any:

@@ -6,13 +6,13 @@ from typing import Any
 
 import click
 
-# Declared, not decorated, so its type is known across the import cycle with audit.cli.
+from audit.cli_common import emit_json as _emit_json
+from audit.cli_common import friendly as _friendly
+
 screen: click.Group = click.Group(
     "screen",
     help="Fit, list and inspect the screen banks that allow, flag or block requests.",
 )
-
-from audit.cli import _emit_json, _friendly  # noqa: E402
 
 
 def _backbone(spec: str, max_length: int | None) -> Any:

@@ -12,30 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import click
 
+from audit.cli_common import friendly
 from audit.errors import AuditError
 
-
-def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's own errors into one clean line and exit status 1."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from probes.errors import ProbesError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ProbesError, AuditError) as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
+_friendly = friendly
 
 
 def default_out_dir(root: Path = Path("reports")) -> Path:

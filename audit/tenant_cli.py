@@ -16,23 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from audit.cli_common import emit_json as _emit_json
+from audit.cli_common import friendly as _friendly
+from audit.errors import AuditError
+
 if TYPE_CHECKING:
     from audit.tenants.registry import HeadRecord, Registry
     from audit.tenants.service import TenantService
     from probes.backbone import Backbone
 
 
-# Declared, not decorated, so its type is known across the import cycle with audit.cli.
 tenant: click.Group = click.Group(
     "tenant",
     help="Create tenants, train, run and audit their heads on this machine (state in AUDIT_HOME).",
 )
 
-
-# Imported after ``tenant`` exists: audit.cli imports this module back to register the group,
-# and must find it whichever of the two modules is imported first.
-from audit.cli import _emit_json, _friendly  # noqa: E402
-from audit.errors import AuditError  # noqa: E402
 
 _KIND_HELP = "linear, mlp or blocks (a trainable copy of the backbone's last k blocks)."
 _TASK_HELP = "classification, regression, or lm (blocks heads on a decoder backbone)."
