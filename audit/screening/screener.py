@@ -228,10 +228,11 @@ class Screener:
                     terms += proj[:, :, primary_col] / scale
                     raw += proj[:, :, primary_col]
             elif pooling == "max":
-                held = np.where(m[:, :, None], h, -np.inf) if padded else h
-                top = held.max(1)
+                real = m[:, :, None]
+                top = h.max(1, where=real, initial=-np.inf) if padded else h.max(1)
                 per_row = top @ weights
                 if primary_col is not None:  # each dimension's term goes to its max token
+                    held = np.where(real, h, -np.inf) if padded else h
                     winner = held.argmax(1)  # [rows, d_model]: the token holding each maximum
                     share = top * weights[:, primary_col]
                     for r in range(n_rows):
