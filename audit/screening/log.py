@@ -52,6 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, get_args, runtime_checkable
 
+from audit.sqlite_db import connect, create_schema
 from probes.errors import CorruptArtifactError, InvalidInputError
 from probes.home import audit_home
 
@@ -582,16 +583,11 @@ _INDEXED = ("decision_id", "time", "tenant_id", "decision", "screen", "kind")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE for writes), so two
-    # processes never deadlock upgrading a read lock to a write lock.
-    conn = sqlite3.connect(
-        path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+    return connect(
+        path,
+        busy_timeout_ms=BUSY_TIMEOUT_MS,
+        pragmas=("journal_mode = WAL", "synchronous = FULL"),  # on disk before commit returns
     )
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")  # a commit is on disk before it returns
-    return conn
 
 
 class SQLiteAuditLog:
@@ -635,19 +631,7 @@ class SQLiteAuditLog:
         except sqlite3.DatabaseError as exc:
             raise self._damaged(exc) from exc
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._check_version(conn)
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(LOG_SCHEMA_VERSION),),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            create_schema(conn, _SCHEMA, LOG_SCHEMA_VERSION, self._refuse_version)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise self._damaged(exc) from exc
@@ -662,25 +646,12 @@ class SQLiteAuditLog:
             "valid log, or move the damaged file aside (keep it as evidence) to start a new one."
         )
 
-    def _check_version(self, conn: sqlite3.Connection) -> None:
-        has_meta = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-        ).fetchone()
-        if not has_meta:
-            return
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            return
-        try:
-            found: int | None = int(row["value"])
-        except ValueError:
-            found = None
-        if found is None or found > LOG_SCHEMA_VERSION:
-            raise AuditLogError(
-                f"The audit log {str(self.path)!r} has schema_version {row['value']!r}, but this "
-                f"code reads schema_version {LOG_SCHEMA_VERSION} or older. Upgrade the "
-                "alignment-audit package, or point --db at another file."
-            )
+    def _refuse_version(self, found: str) -> None:
+        raise AuditLogError(
+            f"The audit log {str(self.path)!r} has schema_version {found!r}, but this "
+            f"code reads schema_version {LOG_SCHEMA_VERSION} or older. Upgrade the "
+            "alignment-audit package, or point --db at another file."
+        )
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

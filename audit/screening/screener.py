@@ -226,7 +226,8 @@ class Screener:
                 per_row = proj.sum(1) / scale
                 if primary_col is not None:
                     terms += proj[:, :, primary_col] / scale
-                    raw += proj[:, :, primary_col]
+                    if self.span_tokens is not None:
+                        raw += proj[:, :, primary_col]
             elif pooling == "max":
                 real = m[:, :, None]
                 top = h.max(1, where=real, initial=-np.inf) if padded else h.max(1)

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
 from audit.errors import AuditError
+from audit.sqlite_db import connect, create_schema
 from probes.home import audit_home
 
 logger = logging.getLogger(__name__)
@@ -284,63 +285,37 @@ class Registry:
     # -- connection --------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        # isolation_level=None: transactions are opened explicitly with BEGIN IMMEDIATE, so two
-        # processes never deadlock upgrading a read lock to a write lock.
-        conn = sqlite3.connect(
-            self.path,
-            check_same_thread=False,
-            isolation_level=None,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-        )
+        try:  # a damaged file can fail as early as the journal-mode pragma
+            conn = connect(
+                self.path,
+                busy_timeout_ms=BUSY_TIMEOUT_MS,
+                pragmas=("foreign_keys = ON", "journal_mode = WAL"),
+            )
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
         try:
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._check_version(conn)
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            create_schema(conn, _SCHEMA, SCHEMA_VERSION, self._refuse_version)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise RegistryError(
-                f"Cannot open the tenant registry {str(self.path)!r}: {exc}. "
-                "Point AUDIT_HOME (or the path) at a folder with a valid registry, or move the "
-                "damaged file aside to start an empty one."
-            ) from exc
+            raise self._damaged(exc) from exc
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def _check_version(self, conn: sqlite3.Connection) -> None:
-        has_meta = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-        ).fetchone()
-        if not has_meta:
-            return
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            return
-        try:
-            found = int(row["value"])
-        except ValueError:
-            found = None
-        if found is None or found > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"The tenant registry {str(self.path)!r} has schema_version {row['value']!r}, "
-                f"but this code reads schema_version {SCHEMA_VERSION} or older. Upgrade the "
-                "alignment-audit package, or point AUDIT_HOME at another folder."
-            )
+    def _damaged(self, exc: Exception) -> RegistryError:
+        return RegistryError(
+            f"Cannot open the tenant registry {str(self.path)!r}: {exc}. "
+            "Point AUDIT_HOME (or the path) at a folder with a valid registry, or move the "
+            "damaged file aside to start an empty one."
+        )
+
+    def _refuse_version(self, found: str) -> None:
+        raise SchemaVersionError(
+            f"The tenant registry {str(self.path)!r} has schema_version {found!r}, "
+            f"but this code reads schema_version {SCHEMA_VERSION} or older. Upgrade the "
+            "alignment-audit package, or point AUDIT_HOME at another folder."
+        )
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
