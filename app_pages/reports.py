@@ -5,10 +5,11 @@ from pathlib import Path
 
 import streamlit as st
 
+from app_pages.common import reports_root
 from audit.report import list_reports, report_figures
 
 st.title("Probe reports")
-folder = Path(st.text_input("Reports folder", value="reports"))
+folder = Path(st.text_input("Reports folder", value=str(reports_root())))
 reports = list_reports(folder)
 if not reports:
     st.info(

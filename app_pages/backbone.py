@@ -1,0 +1,5 @@
+"""Placeholder: replaced by the backbone page."""
+
+import streamlit as st
+
+st.title("backbone")

@@ -1,0 +1,5 @@
+"""Placeholder: replaced by the concepts page."""
+
+import streamlit as st
+
+st.title("concepts")

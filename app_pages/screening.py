@@ -1,0 +1,5 @@
+"""Placeholder: replaced by the screening page."""
+
+import streamlit as st
+
+st.title("screening")

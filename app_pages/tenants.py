@@ -1,0 +1,5 @@
+"""Placeholder: replaced by the tenants page."""
+
+import streamlit as st
+
+st.title("tenants")
