@@ -24,7 +24,10 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second() -> None:
     assert len(bash) == 2, "the README opens with exactly two commands"
     main_command, test_command = (b.strip() for b in bash)
     assert README.index(main_command) < README.index("## ")
-    assert main_command.endswith("audit probe --concept all")
+    assert main_command.endswith(
+        "streamlit run app.py"
+    )  # the workbench, as the browser test starts it
+    assert "'.[app]'" in main_command
     assert test_command.endswith("python -m pytest")
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci, ".ci/run must run the README's test command verbatim"
@@ -89,7 +92,7 @@ def _shell_commands(*prefixes: str) -> list[str]:
     return [line for line in lines if line.startswith(prefixes)]
 
 
-@pytest.mark.parametrize("command", _shell_commands("audit screen", "audit log"))
+@pytest.mark.parametrize("command", _shell_commands("audit screen", "audit log", "audit probe"))
 def test_readme_screening_commands_use_real_options(command: str) -> None:
     import click
 
