@@ -368,8 +368,8 @@ class Screener:
         main = calibrated[name]
         # The deciding window: the primary's highest (the only one, for most requests).
         best = np.zeros(len(texts), dtype=np.int64)
-        for t in np.flatnonzero(counts > 1):
-            best[t] = np.argmax(main[starts[t] : starts[t] + counts[t]])
+        for many in np.flatnonzero(counts > 1):
+            best[many] = np.argmax(main[starts[many] : starts[many] + counts[many]])
         span_best: np.ndarray | None = None
         if self.span_tokens is not None:
             span_scores = primary.calibrator(
