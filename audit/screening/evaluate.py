@@ -1247,76 +1247,205 @@ def _rate_text(d: Mapping[str, Any]) -> str:
     return f"{d['value']:.3f} ({d['k']}/{d['n']})"
 
 
-def eval_figures(report: Mapping[str, Any]) -> list[Any]:
-    """Return the plotly figures: ROC curves of every scorer, per-source bars, robustness bars."""
+def list_eval_reports(folder: Path) -> list[Path]:
+    """Return the report.json files of screen-eval reports under ``folder``, newest first.
+
+    A screen-eval folder is any child holding a report.json of kind ``screen_eval`` (the
+    ``--out`` of ``audit screen-eval``); probe reports and unreadable files are passed over.
+    Newest is by the report's own ``created_at``, not the folder name, since ``--out`` is free.
+    """
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.glob("*/report.json"):
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+            if report.get("kind") == "screen_eval":
+                found.append((str(report.get("created_at", "")), path))
+        except (OSError, ValueError, AttributeError):
+            logger.warning("skipping unreadable report %s", path)
+    return [path for _, path in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def headline_table(
+    section: Mapping[str, Any], *, real_benign: bool = False
+) -> list[dict[str, Any]]:
+    """Return one row per scorer of a backbone's section: headline metrics with intervals, counts.
+
+    Cells are the report.md texts (value [low, high] (counts)); ``real_benign`` reads the
+    metrics with templated benign sources left out.
+    """
+    mkey = "metrics_real_benign" if real_benign else "metrics"
+    okey = "overrefusal_real_benign" if real_benign else "overrefusal"
+    rows = []
+    for s in section["scorers"]:
+        m = s[mkey]
+        rows.append(
+            {
+                "scorer": s["name"],
+                "kind": "primary screen" if s["primary"] else s["kind"],
+                "AUROC": _fmt(m["auroc"]),
+                "TPR @1% FPR": _fmt(m["tpr_at_1pct_fpr"]),
+                "TPR @0.1% FPR": _fmt(m["tpr_at_0_1pct_fpr"]),
+                "FPR @block": _fmt(m["fpr_at_block"]),
+                "TPR @block": _fmt(m["tpr_at_block"]),
+                "FPR @flag": _fmt(m["fpr_at_flag"]),
+                "over-refusal (blocked)": _pct(s[okey]["blocked"]),
+            }
+        )
+    return rows
+
+
+def source_table(section: Mapping[str, Any], scorer: str) -> list[dict[str, Any]]:
+    """Return one row per source of one scorer: FPR on benign rows, TPR on harmful rows.
+
+    Rates are percentages with Clopper-Pearson intervals and counts; "-" where a source has no
+    rows of that label.
+    """
+    chosen = next((s for s in section["scorers"] if s["name"] == scorer), None)
+    if chosen is None:
+        names = [s["name"] for s in section["scorers"]]
+        raise InvalidInputError(f"No scorer {scorer!r} in this report. Expected one of {names}.")
+    return [
+        {
+            "source": r["source"],
+            "kind": r["kind"],
+            "benign": r["n_benign"],
+            "harmful": r["n_harmful"],
+            "templated": r["templated"],
+            "over-refusal source": r["overrefusal"],
+            "FPR @block": _pct(r.get("fpr_at_block")),
+            "FPR @flag": _pct(r.get("fpr_at_flag")),
+            "TPR @block": _pct(r.get("tpr_at_block")),
+            "TPR @1% FPR": _pct(r.get("tpr_at_1pct_fpr")),
+        }
+        for r in chosen["per_source"]
+    ]
+
+
+def robustness_table(section: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Return one row per scorer and transform of a section's robustness run (empty without one).
+
+    Drops are untransformed minus transformed; burial's benign FPRs are of the filler alone.
+    """
+    rob = section.get("robustness")
+    if not rob:
+        return []
+
+    def drop(value: float | None) -> str:
+        return "-" if value is None else f"{value:+.3f}"
+
+    return [
+        {
+            "scorer": r["scorer"],
+            "transform": r["transform"],
+            "AUROC": _fmt(r["auroc"], False),
+            "AUROC drop": drop(r["drop"]["auroc"]),
+            "TPR @block": _fmt(r["tpr_at_block"], False),
+            "TPR @block drop": drop(r["drop"]["tpr_at_block"]),
+            "TPR @1% FPR": _fmt(r["tpr_at_1pct_fpr"], False),
+            "TPR @1% FPR drop": drop(r["drop"]["tpr_at_1pct_fpr"]),
+            "benign FPR @block": _rate_text(r["fpr_at_block"]),
+            "benign FPR @1% thr": _rate_text(r["fpr_at_1pct_fpr"]),
+        }
+        for r in rob["rows"]
+    ]
+
+
+_FIGURE_LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 60, "b": 50}}
+
+
+def roc_figure(section: Mapping[str, Any]) -> Any:
+    """Return the plotly ROC curves of every scorer of one backbone's section (log FPR axis)."""
     import plotly.graph_objects as go
 
-    layout = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 60, "b": 50}}
+    fig = go.Figure()
+    for s in section["scorers"]:
+        auc = s["metrics"]["auroc"]["value"]
+        fig.add_trace(
+            go.Scatter(
+                x=s["roc"]["fpr"],
+                y=s["roc"]["tpr"],
+                mode="lines",
+                name=f"{s['name']} (AUROC {auc:.3f})" if auc is not None else s["name"],
+                line={"dash": "dash" if s["kind"] == "baseline" else "solid"},
+            )
+        )
+    fig.add_vline(x=0.01, line_dash="dot", line_color="grey", annotation_text="1% FPR")
+    fig.update_layout(
+        title=f"{section['backbone']['name']}: ROC on the evaluation set (log FPR axis)",
+        xaxis={"title": "false-positive rate", "type": "log", "range": [-3.5, 0]},
+        yaxis={"title": "true-positive rate", "range": [0, 1.01]},
+        height=440,
+        **_FIGURE_LAYOUT,
+    )
+    return fig
+
+
+def source_figure(section: Mapping[str, Any]) -> Any:
+    """Return the plotly bars of every scorer's per-source rate at its block threshold."""
+    import plotly.graph_objects as go
+
+    bars = go.Figure()
+    sources = [r["source"] for r in section["scorers"][0]["per_source"]]
+    for s in section["scorers"]:
+        rows = {r["source"]: r for r in s["per_source"]}
+        values, text = [], []
+        for src in sources:
+            r = rows[src]
+            d = r.get("fpr_at_block") if r["n_benign"] and not r["n_harmful"] else None
+            d = d or r.get("tpr_at_block")
+            values.append(d["value"] if d else None)
+            text.append("FPR" if r["n_benign"] and not r["n_harmful"] else "TPR")
+        bars.add_trace(go.Bar(x=sources, y=values, name=s["name"], hovertext=text))
+    bars.update_layout(
+        title=f"{section['backbone']['name']}: per source at block (benign sources: FPR; "
+        "others: TPR)",
+        barmode="group",
+        yaxis={"title": "rate at the block threshold", "range": [0, 1]},
+        height=460,
+        **_FIGURE_LAYOUT,
+    )
+    return bars
+
+
+def robustness_figure(section: Mapping[str, Any]) -> Any | None:
+    """Return the plotly bars of TPR per robustness transform; None without a robustness run."""
+    import plotly.graph_objects as go
+
+    rob = section.get("robustness")
+    if not rob:
+        return None
+    fig = go.Figure()
+    transforms = list(dict.fromkeys(r["transform"] for r in rob["rows"]))
+    for s in section["scorers"]:
+        by = {r["transform"]: r for r in rob["rows"] if r["scorer"] == s["name"]}
+        fig.add_trace(
+            go.Bar(
+                x=transforms,
+                y=[by[t]["tpr_at_1pct_fpr"]["value"] if t in by else None for t in transforms],
+                name=s["name"],
+            )
+        )
+    fig.update_layout(
+        title=f"{section['backbone']['name']}: robustness, TPR at the untransformed 1%-FPR "
+        "threshold",
+        barmode="group",
+        yaxis={"title": "TPR", "range": [0, 1]},
+        height=400,
+        **_FIGURE_LAYOUT,
+    )
+    return fig
+
+
+def eval_figures(report: Mapping[str, Any]) -> list[Any]:
+    """Return the plotly figures: ROC curves of every scorer, per-source bars, robustness bars."""
     figures = []
-    for b in report["backbones"]:
-        name = b["backbone"]["name"]
-        fig = go.Figure()
-        for s in b["scorers"]:
-            auc = s["metrics"]["auroc"]["value"]
-            fig.add_trace(
-                go.Scatter(
-                    x=s["roc"]["fpr"],
-                    y=s["roc"]["tpr"],
-                    mode="lines",
-                    name=f"{s['name']} (AUROC {auc:.3f})" if auc is not None else s["name"],
-                    line={"dash": "dash" if s["kind"] == "baseline" else "solid"},
-                )
-            )
-        fig.add_vline(x=0.01, line_dash="dot", line_color="grey", annotation_text="1% FPR")
-        fig.update_layout(
-            title=f"{name}: ROC on the evaluation set (log FPR axis)",
-            xaxis={"title": "false-positive rate", "type": "log", "range": [-3.5, 0]},
-            yaxis={"title": "true-positive rate", "range": [0, 1.01]},
-            height=440,
-            **layout,
-        )
-        figures.append(fig)
-        bars = go.Figure()
-        sources = [r["source"] for r in b["scorers"][0]["per_source"]]
-        for s in b["scorers"]:
-            rows = {r["source"]: r for r in s["per_source"]}
-            values, text = [], []
-            for src in sources:
-                r = rows[src]
-                d = r.get("fpr_at_block") if r["n_benign"] and not r["n_harmful"] else None
-                d = d or r.get("tpr_at_block")
-                values.append(d["value"] if d else None)
-                text.append("FPR" if r["n_benign"] and not r["n_harmful"] else "TPR")
-            bars.add_trace(go.Bar(x=sources, y=values, name=s["name"], hovertext=text))
-        bars.update_layout(
-            title=f"{name}: per source at block (benign sources: FPR; others: TPR)",
-            barmode="group",
-            yaxis={"title": "rate at the block threshold", "range": [0, 1]},
-            height=460,
-            **layout,
-        )
-        figures.append(bars)
-        rob = b.get("robustness")
-        if rob:
-            rfig = go.Figure()
-            transforms = list(dict.fromkeys(r["transform"] for r in rob["rows"]))
-            for s in b["scorers"]:
-                by = {r["transform"]: r for r in rob["rows"] if r["scorer"] == s["name"]}
-                rfig.add_trace(
-                    go.Bar(
-                        x=transforms,
-                        y=[by[t]["tpr_at_1pct_fpr"]["value"] for t in transforms],
-                        name=s["name"],
-                    )
-                )
-            rfig.update_layout(
-                title=f"{name}: robustness, TPR at the untransformed 1%-FPR threshold",
-                barmode="group",
-                yaxis={"title": "TPR", "range": [0, 1]},
-                height=400,
-                **layout,
-            )
-            figures.append(rfig)
+    for section in report["backbones"]:
+        figures += [roc_figure(section), source_figure(section)]
+        rob = robustness_figure(section)
+        if rob is not None:
+            figures.append(rob)
     return figures
 
 

@@ -35,7 +35,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import heapq
 import hmac
+import itertools
 import json
 import logging
 import math
@@ -46,7 +48,7 @@ import sqlite3
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -580,6 +582,7 @@ _COLUMNS = (
     "seq, body, prev_hash, entry_hash, mac, decision_id, time, tenant_id, decision, screen, kind"
 )
 _INDEXED = ("decision_id", "time", "tenant_id", "decision", "screen", "kind")
+_FILTER_COLUMNS = ("tenant_id", "decision", "screen", "kind")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -891,6 +894,35 @@ class SQLiteAuditLog:
             "time": str(row["time"]),
         }
 
+    def distinct(self, column: str) -> list[str]:
+        """Return the distinct non-null values of one filter column, sorted.
+
+        ``column`` is ``tenant_id``, ``decision``, ``screen`` or ``kind``: what a browser offers
+        as filter choices (read from the indexed columns, like :meth:`query`).
+        """
+        if column not in _FILTER_COLUMNS:
+            raise InvalidInputError(
+                f"column must be one of {list(_FILTER_COLUMNS)}. Got {column!r} instead."
+            )
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute(
+                    f"SELECT DISTINCT {column} FROM entries WHERE {column} IS NOT NULL "
+                    f"ORDER BY {column}"
+                )
+                .fetchall()
+            )
+        return [str(r[0]) for r in rows]
+
+    def time_range(self) -> tuple[str, str] | None:
+        """Return the times of the oldest and newest entries (UTC ISO-8601); None when empty."""
+        with self._lock:
+            row = self._connection().execute("SELECT MIN(time), MAX(time) FROM entries").fetchone()
+        if row is None or row[0] is None:
+            return None
+        return str(row[0]), str(row[1])
+
     def _stream(self) -> Iterator[sqlite3.Row]:
         conn = _connect(self.path)
         try:
@@ -1106,6 +1138,73 @@ def iter_entries(log: AuditLog, *, page: int = 1000, **filters: Any) -> Iterator
         before = batch[-1].seq
 
 
+def iter_matching(
+    log: AuditLog,
+    *,
+    tenant_ids: Sequence[str] = (),
+    decisions: Sequence[str] = (),
+    screens: Sequence[str] = (),
+    kind: str | None = None,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    page: int = 1000,
+) -> Iterator[LogEntry]:
+    """Yield the entries matching any of the tenants, decisions and screens given, newest first.
+
+    An empty sequence means no filter on that field; several values are ORed (one indexed query
+    per combination, merged by seq), the fields ANDed. ``kind``, ``since`` and ``until`` are as
+    for ``query``.
+    """
+
+    def choices(values: Sequence[str]) -> list[str | None]:
+        return list(dict.fromkeys(values)) or [None]  # None: no filter on this field
+
+    combos = itertools.product(choices(tenant_ids), choices(decisions), choices(screens))
+    streams = [
+        iter_entries(
+            log,
+            page=page,
+            tenant_id=tenant,
+            decision=decision,
+            screen=screen,
+            kind=kind,
+            since=since,
+            until=until,
+        )
+        for tenant, decision, screen in combos
+    ]
+    yield from heapq.merge(*streams, key=lambda entry: -entry.seq)
+
+
+def write_csv(entries: Iterable[LogEntry], fh: IO[str]) -> int:
+    """Write ``entries`` as CSV rows (``CSV_COLUMNS``, header first); return how many were written."""
+    writer = csv.writer(fh)
+    writer.writerow(CSV_COLUMNS)
+    n = 0
+    for entry in entries:
+        r = entry.record
+        writer.writerow(
+            [
+                entry.seq,
+                r.time,
+                r.tenant_id or "",
+                r.head_id or "",
+                r.decision,
+                r.screen,
+                r.screen_version,
+                repr(r.score),
+                repr(r.block_threshold),
+                repr(r.flag_threshold),
+                r.request_hash,
+                r.text or "",
+                canonical_json([[t, v] for t, v in r.top_tokens]),
+                entry.entry_hash,
+            ]
+        )
+        n += 1
+    return n
+
+
 def export_csv(log: AuditLog, path_or_file: str | Path | IO[str], **filters: Any) -> int:
     """Write the matching entries as CSV (newest first) and return how many rows were written.
 
@@ -1116,40 +1215,12 @@ def export_csv(log: AuditLog, path_or_file: str | Path | IO[str], **filters: Any
     unknown = set(filters) - {"tenant_id", "decision", "screen", "kind", "since", "until"}
     if unknown:
         raise InvalidInputError(f"Unknown export filters {sorted(unknown)}.")
-
-    def write(fh: IO[str]) -> int:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        n = 0
-        for entry in iter_entries(log, **filters):
-            r = entry.record
-            writer.writerow(
-                [
-                    entry.seq,
-                    r.time,
-                    r.tenant_id or "",
-                    r.head_id or "",
-                    r.decision,
-                    r.screen,
-                    r.screen_version,
-                    repr(r.score),
-                    repr(r.block_threshold),
-                    repr(r.flag_threshold),
-                    r.request_hash,
-                    r.text or "",
-                    canonical_json([[t, v] for t, v in r.top_tokens]),
-                    entry.entry_hash,
-                ]
-            )
-            n += 1
-        return n
-
     if isinstance(path_or_file, str | Path):
         target = Path(path_or_file).expanduser()
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "w", newline="", encoding="utf-8") as fh:
-            return write(fh)
-    return write(path_or_file)
+            return write_csv(iter_entries(log, **filters), fh)
+    return write_csv(iter_entries(log, **filters), path_or_file)
 
 
 __all__ = [
@@ -1174,6 +1245,7 @@ __all__ = [
     "entry_mac",
     "export_csv",
     "iter_entries",
+    "iter_matching",
     "key_id",
     "load_key",
     "load_or_create_key",
@@ -1181,4 +1253,5 @@ __all__ = [
     "new_decision_id",
     "request_hash",
     "utc_time",
+    "write_csv",
 ]

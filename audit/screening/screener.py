@@ -430,6 +430,17 @@ class Screener:
         ``first_windows`` maps a text's index to its first window's score when a serving forward
         already produced it (``reuses_serving_window``); only the remaining windows run here.
         """
+        scored = self.score_texts(texts, first_windows=first_windows, progress=progress)
+        return self.decide_all(scored)
+
+    def score_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        first_windows: Mapping[int, WindowScore] | None = None,
+        progress: bool = False,
+    ) -> list[list[WindowScore]]:
+        """Return every window's score (each screen's raw logit, top tokens) per text, in order."""
         texts = self.check_texts(texts)
         reuse = dict(first_windows or {})
         if reuse and not self.reuses_serving_window:
@@ -471,8 +482,7 @@ class Screener:
                 per_text[i][j] = score
             bar.update(len(chunk))
         bar.close()
-        assert all(w is not None for scored in per_text for w in scored)
-        return self.decide_all([[w for w in scored if w is not None] for scored in per_text])
+        return [[w for w in scored if w is not None] for scored in per_text]
 
     def scores(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Return the primary screen's calibrated score per text (window maximum)."""
