@@ -6,10 +6,9 @@ one line on stderr and exit 1; progress and logs go to stderr.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,147 +168,88 @@ def probe(
     quiet: bool,
 ) -> None:
     """Probe concepts layer by layer, score their robustness, write reports/<run>/report.*"""
-    from audit.report import build_report, new_run_dir, write_report
-    from probes import CONCEPTS, ActivationStore, Backbone, load_dataset, load_jsonl, probe_dataset
-    from probes.errors import InvalidInputError
-
-    if not (concepts or dataset_names or data_files):
-        raise AuditError(
-            "Nothing to probe: give --concept NAME (or 'all'), --dataset NAME or --data FILE.jsonl."
-        )
-    names: list[str] = []
-    for concept in concepts:
-        if concept == "all":
-            names += [n for group in CONCEPTS.values() for n in group]
-        elif concept in CONCEPTS:
-            names += list(CONCEPTS[concept])
-        else:
-            raise AuditError(
-                f"Unknown concept {concept!r}. Expected one of: {', '.join(CONCEPTS)}, all."
-            )
-    names += list(dataset_names)
-    datasets = [
-        load_dataset(n, max_samples=max_samples or None, seed=seed) for n in dict.fromkeys(names)
-    ]
-    datasets += [load_jsonl(p) for p in data_files]
-    from probes.robustness import load_thresholds
-    from probes.robustness.scorecard import check_names
-
-    thresholds = load_thresholds(thresholds_file, _parse_overrides(threshold_overrides))
-    check_list = check_names(
-        [c.strip() for c in checks.split(",") if c.strip()] if checks else None
+    from audit.probe_run import (
+        ProbeSettings,
+        discard_if_empty,
+        report_label,
+        run_probe_report,
+        select_datasets,
     )
-    label = "+".join(sorted({d.concept if d.concept != "custom" else d.name for d in datasets}))
-    run_dir = new_run_dir(out, label)  # fail on an unwritable folder before any compute
-    with _discard_if_empty(run_dir):
+    from audit.report import new_run_dir
+    from probes import Backbone
+    from probes.errors import InvalidInputError
+    from probes.robustness import load_thresholds
+
+    datasets = select_datasets(
+        concepts, dataset_names, data_files, max_samples=max_samples or None, seed=seed
+    )
+    chosen: tuple[int, ...] | None = None
+    if layers:
+        try:
+            chosen = tuple(int(x) for x in layers.split(",") if x.strip())
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"--layers must be comma-separated ints; got {layers!r}."
+            ) from exc
+    settings = ProbeSettings(
+        pooling=pooling,
+        layers=chosen,
+        probe_kinds=probe_kinds or ("logistic", "mass_mean"),
+        max_samples=max_samples,
+        test_size=test_size,
+        seed=seed,
+        n_boot=n_boot,
+        batch_size=batch_size,
+        scorecard=scorecard,
+        checks=tuple(c.strip() for c in checks.split(",") if c.strip()) if checks else None,
+        thresholds=load_thresholds(thresholds_file, _parse_overrides(threshold_overrides)),
+        transfer_files=transfer_files,
+    )
+    if settings.scorecard:  # an unknown check name fails before any compute
+        from probes.robustness.scorecard import check_names
+
+        check_names(settings.checks)
+    run_dir = new_run_dir(out, report_label(datasets))  # fail on an unwritable folder early
+    with discard_if_empty(run_dir):
         backbone = Backbone.load(backbone_spec, device=device, max_length=max_length)
-        hooks = backbone.resid_hooks()
-        if layers:
-            try:
-                chosen = [int(x) for x in layers.split(",") if x.strip()]
-            except ValueError as exc:
-                raise InvalidInputError(
-                    f"--layers must be comma-separated ints; got {layers!r}."
-                ) from exc
-            bad = [x for x in chosen if not 0 <= x < backbone.n_layers]
-            if bad:
-                raise InvalidInputError(
-                    f"--layers {bad} out of range: this backbone has layers 0..{backbone.n_layers - 1}."
-                )
-            hooks = [hooks[x] for x in chosen]
-        store = ActivationStore()
-        kinds = probe_kinds or ("logistic", "mass_mean")
-        results = []
-        for dataset in datasets:
-            if not quiet:
-                click.echo(
-                    f"probing {dataset.name} ({dataset.n_samples} texts) on {backbone.name}",
-                    err=True,
-                )
-            results.append(
-                probe_dataset(
-                    backbone,
-                    dataset,
-                    store=store,
-                    hook_names=hooks,
-                    pooling=pooling,
-                    probe_kinds=kinds,
-                    test_size=test_size,
-                    seed=seed,
-                    n_boot=n_boot,
-                    batch_size=batch_size,
-                    progress=not quiet,
-                )
-            )
-        scorecards = []
-        if scorecard:
-            scorecards = _run_scorecards(
-                backbone,
-                results,
-                store,
-                transfer_files,
-                thresholds,
-                check_list,
-                seed,
-                n_boot,
-                batch_size,
-                quiet,
-            )
-        settings = {
-            "scorecard": scorecard,
-            "checks": check_list if scorecard else [],
-            "thresholds": {t.name: {"value": t.value, "op": t.op} for t in thresholds.values()},
-            "transfer_files": [str(p) for p in transfer_files],
-            "pooling": pooling,
-            "hook_names": hooks,
-            "probe_kinds": list(kinds),
-            "max_samples": max_samples,
-            "test_size": test_size,
-            "seed": seed,
-            "n_boot": n_boot,
-            "batch_size": batch_size,
-        }
-        report = build_report(backbone, results, settings, scorecards)
-        paths = write_report(report, run_dir)
-        if as_json:
-            emit_json(
-                {
-                    "report_dir": str(run_dir),
-                    "files": {k: str(v) for k, v in paths.items()},
-                    "backbone": report["backbone"],
-                    "results": [r.summary() for r in results],
-                    "scorecards": [
-                        {
-                            "concept": c.concept,
-                            "dataset": c.dataset,
-                            "overall": c.overall,
-                            "failed": c.failed,
-                        }
-                        for c in scorecards
-                    ],
-                }
-            )
-            return
-        for r in results:
-            best = r.sweep.best("logistic" if "logistic" in kinds else kinds[0])
-            truncated = f", {r.n_truncated} truncated" if r.n_truncated else ""
-            click.echo(
-                f"{r.dataset.name:>16}: best {best.probe} layer {best.layer} AUROC {best.auroc}{truncated}"
-            )
-        for card in scorecards:
-            click.echo(f"{card.dataset:>16}: {card.concept} is {card.summary_line()}")
-        click.echo(f"report: {paths['html']}")
-
-
-@contextlib.contextmanager
-def _discard_if_empty(run_dir: Path) -> Iterator[None]:
-    """Remove the run folder again if the run fails before writing anything into it."""
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(OSError):
-            run_dir.rmdir()  # only succeeds while the folder is empty
-        raise
+        run = run_probe_report(
+            backbone,
+            datasets,
+            run_dir,
+            settings,
+            progress=not quiet,
+            on_step=None if quiet else lambda _done, message: click.echo(message, err=True),
+        )
+    report, paths, results, scorecards = run.report, run.paths, run.results, run.scorecards
+    if as_json:
+        emit_json(
+            {
+                "report_dir": str(run_dir),
+                "files": {k: str(v) for k, v in paths.items()},
+                "backbone": report["backbone"],
+                "results": [r.summary() for r in results],
+                "scorecards": [
+                    {
+                        "concept": c.concept,
+                        "dataset": c.dataset,
+                        "overall": c.overall,
+                        "failed": c.failed,
+                    }
+                    for c in scorecards
+                ],
+            }
+        )
+        return
+    kinds = settings.probe_kinds
+    for r in results:
+        best = r.sweep.best("logistic" if "logistic" in kinds else kinds[0])
+        truncated = f", {r.n_truncated} truncated" if r.n_truncated else ""
+        click.echo(
+            f"{r.dataset.name:>16}: best {best.probe} layer {best.layer} AUROC {best.auroc}{truncated}"
+        )
+    for card in scorecards:
+        click.echo(f"{card.dataset:>16}: {card.concept} is {card.summary_line()}")
+    click.echo(f"report: {paths['html']}")
 
 
 def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, float]:
@@ -325,52 +265,6 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, float]:
                 f"--threshold takes NAME=VALUE with a number, e.g. selectivity=0.2; got {pair!r}."
             )
     return out
-
-
-def _run_scorecards(
-    backbone: Any,
-    results: list[Any],
-    store: Any,
-    transfer_files: tuple[Path, ...],
-    thresholds: dict[str, Any],
-    checks: list[str],
-    seed: int,
-    n_boot: int,
-    batch_size: int,
-    quiet: bool,
-) -> list[Any]:
-    """Return one scorecard per concept: its first dataset is scored, the others serve transfer."""
-    from probes.datasets import load_jsonl, match_label_names
-    from probes.robustness.scorecard import context_from_result, run_scorecard
-
-    groups: dict[str, list[Any]] = {}
-    for r in results:
-        key = r.dataset.concept if r.dataset.concept != "custom" else f"custom:{r.dataset.name}"
-        groups.setdefault(key, []).append(r)
-    cards = []
-    for members in groups.values():
-        primary = members[0]
-        others = [
-            match_label_names(load_jsonl(p), primary.dataset.label_names) for p in transfer_files
-        ]
-        if not quiet:
-            click.echo(
-                f"scoring robustness of {primary.dataset.concept} on {primary.dataset.name}",
-                err=True,
-            )
-        ctx = context_from_result(
-            backbone,
-            primary,
-            store=store,
-            others=others,
-            other_results=members[1:],
-            seed=seed,
-            n_boot=n_boot,
-            batch_size=batch_size,
-            progress=not quiet,
-        )
-        cards.append(run_scorecard(ctx, thresholds=thresholds, checks=checks))
-    return cards
 
 
 @main.command("checks")

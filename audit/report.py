@@ -14,6 +14,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from audit.concept_examples import probe_examples
 from audit.errors import AuditError
 from probes.backbone import Backbone
 from probes.robustness.scorecard import Scorecard
@@ -98,6 +99,7 @@ def build_report(
                 **r.summary(),
                 "pooling": r.pooling,
                 "scores": [s.as_dict() for s in r.sweep.scores],
+                "examples": probe_examples(r).as_dict(),
                 "extraction_seconds": round(r.extraction_seconds, 3),
                 "forward_passes": r.forward_passes,
                 "probe_files": r.probe_files,
@@ -171,6 +173,30 @@ _HEADER = ["probe", "layer", "AUROC [95% CI]", "accuracy [95% CI]", "C"]
 _CARD_HEADER = ["check", "figure [95% CI]", "threshold", "verdict", "why"]
 
 
+_EXAMPLE_HEADER = ["text", "label", "predicted", "score"]
+
+
+def _example_groups(section: dict[str, Any]) -> list[tuple[str, list[list[str]]]]:
+    """Return the titled example tables of a section (none for reports without examples)."""
+    ex = section.get("examples")
+    if not ex:
+        return []
+    where = f"{ex['probe']} probe at layer {ex['layer']}, held-out, score = P({ex['positive']})"
+    groups = [
+        ("Top-scoring examples", ex["top"]),
+        ("Most misclassified examples", ex["misclassified"]),
+        ("Lowest-scoring examples", ex["bottom"]),
+    ]
+    return [
+        (
+            f"{title} ({where})",
+            [[e["text"], e["label"], e["predicted"], f"{e['score']:.3f}"] for e in rows],
+        )
+        for title, rows in groups
+        if rows
+    ]
+
+
 def _overall(card: dict[str, Any]) -> str:
     if card["overall"] == "fragile":
         return f"fragile (failed: {', '.join(card['failed'])})"
@@ -192,6 +218,16 @@ def _card_rows(card: dict[str, Any]) -> list[list[str]]:
         label = f"{c['check']}: {c['figure_label']}" if c["figure_label"] else c["check"]
         rows.append([label, figure, threshold, c["verdict"], c["reason"]])
     return rows
+
+
+def overall_verdict(card: dict[str, Any]) -> str:
+    """Return a scorecard's overall verdict, naming the failed checks when it is fragile."""
+    return _overall(card)
+
+
+def scorecard_rows(card: dict[str, Any]) -> list[dict[str, str]]:
+    """Return a scorecard's checks as table rows: check, figure, threshold, verdict, why."""
+    return [dict(zip(_CARD_HEADER, row, strict=True)) for row in _card_rows(card)]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -222,6 +258,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
         lines += ["", "| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
         lines += ["| " + " | ".join(row) + " |" for row in _score_rows(section)]
+        for title, rows in _example_groups(section):
+            lines += ["", f"{title}:", "", "| " + " | ".join(_EXAMPLE_HEADER) + " |"]
+            lines += ["|" + "---|" * len(_EXAMPLE_HEADER)]
+            lines += [
+                "| " + " | ".join(" ".join(c.split()).replace("|", "\\|") for c in row) + " |"
+                for row in rows
+            ]
     for card in report.get("scorecards", []):
         lines += [
             "",
@@ -272,6 +315,12 @@ def render_html(report: dict[str, Any]) -> str:
         for row in _score_rows(section):
             parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
         parts.append("</table>")
+        for title, rows in _example_groups(section):
+            parts.append(f"<h3>{html.escape(title)}</h3><table><tr>")
+            parts.append("".join(f"<th>{html.escape(h)}</th>" for h in _EXAMPLE_HEADER) + "</tr>")
+            for row in rows:
+                parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+            parts.append("</table>")
     for card in report.get("scorecards", []):
         parts.append(
             f"<h2>Scorecard: {html.escape(card['concept'])} on {html.escape(card['dataset'])}: "
@@ -304,6 +353,34 @@ def list_reports(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(folder.glob("*/report.json"), key=lambda p: p.parent.name, reverse=True)
+
+
+def find_report(
+    folder: Path,
+    fingerprint: str,
+    *,
+    concept: str | None = None,
+    dataset_hash: str | None = None,
+) -> Path | None:
+    """Return the newest report.json under ``folder`` made on ``fingerprint`` that covers a concept.
+
+    A report covers a bundled ``concept`` when one of its datasets is of that concept, and a user
+    dataset when one of its datasets has ``dataset_hash``. Unreadable reports are passed over.
+    """
+    for path in list_reports(folder):
+        try:
+            report = json.loads(path.read_text())
+            if report["backbone"]["fingerprint"] != fingerprint:
+                continue
+            datasets = report["datasets"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for d in datasets:
+            if (concept is not None and d.get("concept") == concept) or (
+                dataset_hash is not None and d.get("hash") == dataset_hash
+            ):
+                return path
+    return None
 
 
 def report_figures(report: dict[str, Any]) -> list[tuple[dict[str, Any], go.Figure]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import textwrap
 from typing import Any
 
 import plotly.graph_objects as go
@@ -70,8 +72,14 @@ def _reliability(card: dict[str, Any], check: dict[str, Any]) -> go.Figure:
     return fig
 
 
+def _hover_text(text: str) -> str:
+    """Return a text escaped for a plotly hover label and wrapped to a readable width."""
+    return "<br>".join(html.escape(line) for line in textwrap.wrap(text, 60)) or "&nbsp;"
+
+
 def _geometry(card: dict[str, Any], check: dict[str, Any], label_names: list[str]) -> go.Figure:
     d = check["details"]
+    texts = d.get("text")  # reports written before the texts were stored have row numbers only
     fig = go.Figure()
     for value in sorted(set(d["label"])):
         rows = [i for i, lab in enumerate(d["label"]) if lab == value]
@@ -83,8 +91,10 @@ def _geometry(card: dict[str, Any], check: dict[str, Any], label_names: list[str
                 mode="markers",
                 name=name,
                 marker={"size": 4, "opacity": 0.7},
-                customdata=[d["index"][i] for i in rows],
-                hovertemplate="row %{customdata}<extra>" + name + "</extra>",
+                customdata=[[d["index"][i], _hover_text(texts[i]) if texts else ""] for i in rows],
+                hovertemplate="row %{customdata[0]}<br>%{customdata[1]}<extra>"
+                + html.escape(name)
+                + "</extra>",
             )
         )
     fig.update_layout(

@@ -27,6 +27,7 @@ MAX_POINTS = 2000
 N_NEIGHBORS = 15
 N_EPOCHS = 200  # UMAP's default for small data is 500; 200 already settles a 2-D layout
 MIN_SAMPLES = 2 * N_NEIGHBORS
+MAX_TEXT_CHARS = 200  # hover text per point: enough to recognise it, small enough for a report
 
 
 def project(X: np.ndarray, *, seed: int = 0, n_neighbors: int = N_NEIGHBORS) -> np.ndarray:
@@ -58,6 +59,10 @@ def knn_agreement(embedding: np.ndarray, labels: np.ndarray, k: int = N_NEIGHBOR
     k = min(k, len(labels) - 1)
     _, idx = NearestNeighbors(n_neighbors=k + 1).fit(embedding).kneighbors(embedding)
     return (labels[idx[:, 1:]] == labels[:, None]).mean(1)
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1].rstrip() + "…"
 
 
 def run(ctx: CheckContext, thresholds: dict[str, Threshold]) -> CheckResult:
@@ -97,6 +102,7 @@ def run(ctx: CheckContext, thresholds: dict[str, Threshold]) -> CheckResult:
             "y": np.round(embedding[:, 1], 4).tolist(),
             "label": y.tolist(),
             "index": rows.tolist(),
+            "text": [_shorten(ctx.dataset.texts[i]) for i in rows.tolist()],
         },
         fit_seconds=watch.fit_seconds,
     )
