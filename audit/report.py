@@ -348,11 +348,32 @@ def scorecard_figures(card: dict[str, Any]) -> list[go.Figure]:
     return figures_for_card(card, card.get("label_names"))
 
 
+def is_probe_report(report: object) -> bool:
+    """Return whether a parsed report.json is a probe report (not screen-eval, not an audit)."""
+    return (
+        isinstance(report, dict)
+        and isinstance(report.get("backbone"), dict)
+        and isinstance(report.get("results"), list)
+        and isinstance(report.get("datasets"), list)
+    )
+
+
 def list_reports(folder: Path) -> list[Path]:
-    """Return the report.json files of probe reports under ``folder``, newest first."""
+    """Return the report.json files of probe reports under ``folder``, newest first.
+
+    Other reports sharing the folder (screen-eval, checkpoint audits) and unreadable files are
+    passed over.
+    """
     if not folder.is_dir():
         return []
-    return sorted(folder.glob("*/report.json"), key=lambda p: p.parent.name, reverse=True)
+    found = []
+    for path in folder.glob("*/report.json"):
+        try:
+            if is_probe_report(json.loads(path.read_text(encoding="utf-8"))):
+                found.append(path)
+        except (OSError, ValueError):
+            continue
+    return sorted(found, key=lambda p: p.parent.name, reverse=True)
 
 
 def find_report(

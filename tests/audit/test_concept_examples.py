@@ -82,6 +82,7 @@ def test_find_report_returns_the_newest_covering_report(tmp_path) -> None:
                 {
                     "backbone": {"fingerprint": fingerprint},
                     "datasets": [{"name": "d", "concept": concept, "hash": digest}],
+                    "results": [],
                 }
             )
         )
