@@ -476,3 +476,7 @@ main.add_command(screen_eval)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+from audit.promote_cli import promote  # noqa: E402
+
+main.add_command(promote)

@@ -92,7 +92,9 @@ def _shell_commands(*prefixes: str) -> list[str]:
     return [line for line in lines if line.startswith(prefixes)]
 
 
-@pytest.mark.parametrize("command", _shell_commands("audit screen", "audit log", "audit probe"))
+@pytest.mark.parametrize(
+    "command", _shell_commands("audit screen", "audit log", "audit probe", "audit promote")
+)
 def test_readme_screening_commands_use_real_options(command: str) -> None:
     import click
 
@@ -103,3 +105,25 @@ def test_readme_screening_commands_use_real_options(command: str) -> None:
     options = {opt for param in group.params for opt in param.opts}
     used = {a for a in args if a.startswith("--")}
     assert used <= options, (command, used - options)
+
+
+def test_readme_audit_spec_validates_and_names_the_plugin_options() -> None:
+    from audit.checkpoint.spec import parse_spec
+
+    (spec_text,) = _blocks("toml")
+    spec = parse_spec(spec_text, "README.md")
+    assert spec.screening is not None and spec.heads is not None
+    assert spec.concepts["sentiment"].layers == [4, 5]
+    pytest_lines = [
+        line.split("#")[0].split()
+        for b in _blocks("shell")
+        for line in b.splitlines()
+        if line.startswith("pytest ")
+    ]
+    from audit.checkpoint import plugin
+
+    parser = pytest.Parser()
+    plugin.pytest_addoption(parser)
+    known = {opt for o in parser.getgroup("audit").options for opt in o.names()}
+    used = {arg.split("=")[0] for line in pytest_lines for arg in line if arg.startswith("--")}
+    assert used and used <= known, used - known

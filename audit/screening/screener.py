@@ -112,9 +112,14 @@ class Screener:
         batch_size: int = 32,
         top_k: int = DEFAULT_TOP_K,
         span_tokens: int = DEFAULT_SPAN_TOKENS,
+        cross_fingerprint: bool = False,
     ) -> None:
         fingerprint = getattr(backbone, "fingerprint", None)
-        if fingerprint != bank.fingerprint:
+        # A bank on another backbone is refused unless the caller asks for a cross-fingerprint
+        # evaluation by name (a checkpoint audit measuring the deployed screens on a new
+        # checkpoint); serving never does.
+        self.cross_fingerprint = fingerprint != bank.fingerprint
+        if self.cross_fingerprint and not cross_fingerprint:
             raise FingerprintMismatchError(
                 f"Screen bank {bank.version} was fitted on backbone {bank.backbone!r} "
                 f"(fingerprint {bank.fingerprint[:12]}), not on the loaded "
@@ -148,6 +153,12 @@ class Screener:
                 f"stride must be an int in [1, {self._content}]. Got {self.stride} instead."
             )
         d_model = int(bank.d_model)
+        if d_model != int(getattr(backbone, "d_model", d_model)):
+            raise FingerprintMismatchError(
+                f"Screen bank {bank.version} reads d_model {d_model} activations; "
+                f"{getattr(backbone, 'name', '?')!r} has d_model {backbone.d_model}: "  # type: ignore[attr-defined]
+                "a cross-fingerprint evaluation needs the same architecture."
+            )
         self._directions = {s.spec.name: _Direction(s, d_model) for s in bank.screens}
         self._names = [s.spec.name for s in bank.screens]
         self._intercepts = np.array([self._directions[n].intercept for n in self._names])
