@@ -13,12 +13,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from audit.api.app import ADMIN_KEY_ENV
 from audit.errors import AuditError
 from probes.backbone import Backbone
 from probes.bundled import BUNDLED, DEFAULT_BACKBONE
 from probes.errors import ProbesError
 
+ADMIN_KEY_ENV = "AUDIT_ADMIN_KEY"  # the owner's key, as the HTTP API reads it (audit.api.app)
 LOCAL_ADDRESSES = frozenset({"localhost", "127.0.0.1", "::1"})
 REPORTS_ENV = "AUDIT_REPORTS"
 BACKBONE_KEY = "backbone_spec"  # st.session_state key: the backbone every page works on

@@ -51,3 +51,10 @@ def test_other_address_asks_for_the_admin_key(
     app.button[0].click().run()
     assert not app.exception
     assert [t.value for t in app.title] == ["Backbone"]
+
+
+def test_the_app_reads_the_same_admin_key_as_the_api() -> None:
+    from app_pages.common import ADMIN_KEY_ENV
+    from audit.api.app import ADMIN_KEY_ENV as API_KEY_ENV
+
+    assert ADMIN_KEY_ENV == API_KEY_ENV
