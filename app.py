@@ -14,6 +14,7 @@ st.navigation(
         st.Page("app_pages/screening.py", title="Screening console"),
         st.Page("app_pages/audit_log.py", title="Audit log"),
         st.Page("app_pages/tenants.py", title="Tenants"),
+        st.Page("app_pages/checkpoints.py", title="Checkpoints"),
         st.Page("app_pages/reports.py", title="Probe reports"),
     ]
 ).run()
