@@ -45,6 +45,7 @@ PAGES = {
     "screening": ("Screening console", "textarea, button:has-text('Fit the default screens')"),
     "audit_log": ("Audit log", "h3:has-text('Chain verification'), [data-testid='stAlert']"),
     "tenants": ("Tenants", "[data-testid='stForm']"),
+    "checkpoints": ("Checkpoints", "[data-testid='stAlert']"),
     "reports": ("Probe reports", ".js-plotly-plot"),
 }
 
