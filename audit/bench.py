@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from audit.bench_checkpoint import bench_checkpoint_audit
 from audit.bench_screening import bench_screening
 from audit.bench_tenants import bench_blocks_training, bench_heads_cold, bench_tenants_mixed
 from audit.errors import AuditError
@@ -303,6 +304,7 @@ BENCHMARKS: dict[str, Callable[[BenchContext], list[Figure]]] = {
     "heads_cold": bench_heads_cold,
     "blocks_training": bench_blocks_training,
     "screening": bench_screening,
+    "checkpoint_audit": bench_checkpoint_audit,
 }
 
 

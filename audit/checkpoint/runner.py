@@ -69,6 +69,7 @@ class CheckpointAudit:
     baseline_dir: Path
     update_baseline: bool = False
     progress: bool = False
+    store_root: Path | None = None  # activation store (default: AUDIT_HOME's)
     outcomes: dict[str, CheckOutcome] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # group -> why it could not run
     _backbone: Any = None
@@ -186,8 +187,10 @@ class CheckpointAudit:
             presence_outcomes,
             scorecard_outcomes,
         )
+        from probes.store import ActivationStore
 
-        run = measure_concept(self.backbone(), self.spec, name, progress=self.progress)
+        store = ActivationStore(self.store_root)
+        run = measure_concept(self.backbone(), self.spec, name, store=store, progress=self.progress)
         self._concept_runs[name] = run
         out = presence_outcomes(run, self.spec) + scorecard_outcomes(run)
         if not self.update_baseline:
