@@ -45,7 +45,8 @@ class _Model(BaseModel):
 class ConceptBaseline(_Model):
     dataset: str
     dataset_hash: str
-    n_samples: int
+    n_samples: int  # texts the dataset gave
+    requested: int  # the spec's sample size (a small dataset gives fewer)
     auroc: dict[str, float]  # layer (as a string: JSON keys) -> held-out AUROC
 
 
@@ -103,6 +104,7 @@ def save_baseline(
             dataset=run.dataset.name,
             dataset_hash=run.dataset.hash,
             n_samples=run.dataset.n_samples,
+            requested=spec.samples(name),
             auroc={str(layer): scores[layer].auroc.value for layer in spec.concepts[name].layers},
         )
         for layer in spec.concepts[name].layers:
@@ -159,10 +161,10 @@ def load_baseline(folder: str | Path, spec: AuditSpec) -> Baseline:
                 f"Baseline {path} has no {what}: the spec asks for more than was recorded. "
                 "Record it again with --audit-update-baseline on the served checkpoint."
             )
-        if have.dataset != spec.dataset(name) or have.n_samples != spec.samples(name):
+        if have.dataset != spec.dataset(name) or have.requested != spec.samples(name):
             raise BaselineError(
-                f"Baseline {path} measured {name!r} on {have.dataset} with {have.n_samples} "
-                f"samples; the spec now asks for {spec.dataset(name)} with "
+                f"Baseline {path} measured {name!r} on {have.dataset} with {have.requested} "
+                f"samples asked for; the spec now asks for {spec.dataset(name)} with "
                 f"{spec.samples(name)}. Record it again with --audit-update-baseline."
             )
         for layer in concept.layers:
