@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from probes.atomic import sha256_file
-from probes.errors import InvalidInputError
+from probes.errors import CorruptArtifactError, InvalidInputError
 from probes.hooks import block_of, check_hook_names, parse_resid, resid_post
 from probes.plain_model import plain_twin
 from probes.pooling import POOLINGS, TOKENS, check_pooling, pool
@@ -125,6 +125,26 @@ def fingerprint_folder(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def check_weight_files(folder: Path) -> None:
+    """Return nothing if every safetensors file in ``folder`` has a readable, complete header.
+
+    Only the header and the file's length are read (no tensor data): a truncated or garbled
+    file fails here with one line naming it, instead of deep inside the model loader.
+    """
+    from safetensors import safe_open
+
+    for path in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # safetensors raises its own error type for broken files
+            raise CorruptArtifactError(
+                f"{path} is not a readable safetensors file ({exc}): it is truncated or "
+                "garbled. Re-export the checkpoint (save_pretrained writes safetensors) or "
+                "copy it again from its source."
+            ) from exc
+
+
 def fingerprint_state(model: nn.Module, config_json: str) -> str:
     """Return the fingerprint of in-memory weights (for models with no folder, e.g. random ones)."""
     digest = hashlib.sha256(config_json.encode())
@@ -213,6 +233,8 @@ class Backbone:
         if folder is not None:
             # A local folder needs nothing from a hub; stop any library from asking one.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            if not random_init:
+                check_weight_files(folder)
         device = _resolve_device(device)
         from transformer_lens.model_bridge import TransformerBridge
 

@@ -91,7 +91,9 @@ class LogisticProbe(_LinearProbe):
         self.classes_ = _check_two_classes(self, y)
         self.mean_ = X.mean(0)
         self.scale_ = X.std(0)
-        self.scale_[self.scale_ < 1e-12] = 1.0
+        # A dimension whose spread is float noise next to the others (a LayerNorm can leave a
+        # few such) is constant: standardising it would blow its noise up into the direction.
+        self.scale_[self.scale_ < max(1e-12, 1e-6 * float(self.scale_.max(initial=0.0)))] = 1.0
         Z = (X - self.mean_) / self.scale_
         counts = np.unique(y, return_counts=True)[1]
         n_folds = min(self.cv, int(counts.min()))

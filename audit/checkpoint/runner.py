@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from audit.checkpoint.outcome import CheckOutcome
 from audit.checkpoint.spec import AuditSpec, spec_digest
 from audit.errors import AuditError
+from probes.errors import ProbesError
 
 logger = logging.getLogger(__name__)
 REPORT_SCHEMA_VERSION = 1
@@ -116,7 +118,18 @@ class CheckpointAudit:
         from audit.checkpoint.heads import planned_head_ids
 
         assert self.spec.heads is not None
-        return planned_head_ids(self.baseline().fingerprint, self.spec.heads)
+        with self._registry() as registry:
+            return planned_head_ids(registry, self.spec.heads, self.baseline().fingerprint)
+
+    @contextmanager
+    def _registry(self) -> Iterator[Any]:
+        from audit.tenants.registry import Registry
+
+        registry = Registry()
+        try:
+            yield registry
+        finally:
+            registry.close()
 
     # ------------------------------------------------------------------ loading
     def backbone(self) -> Any:
@@ -150,9 +163,14 @@ class CheckpointAudit:
             except Exception as exc:
                 # Named in every test of the group, and in the report; a library error is one
                 # clear line, anything else keeps its type.
-                known = isinstance(exc, AuditError | ValueError | LookupError | OSError)
+                known = isinstance(
+                    exc, AuditError | ProbesError | ValueError | LookupError | OSError
+                )
                 self.errors[planned.group] = str(exc) if known else f"{type(exc).__name__}: {exc}"
-                logger.exception("checkpoint audit group %s failed", planned.group)
+                if known:
+                    logger.warning("checkpoint audit group %s: %s", planned.group, exc)
+                else:
+                    logger.exception("checkpoint audit group %s failed", planned.group)
             finally:
                 self._group_seconds[planned.group] = time.perf_counter() - started
         if planned.group in self.errors and planned.check_id not in self.outcomes:
@@ -236,7 +254,10 @@ class CheckpointAudit:
         from audit.checkpoint.heads import head_outcomes
 
         assert self.spec.heads is not None
-        return head_outcomes(self.backbone(), self.spec.heads, self.baseline().fingerprint)
+        with self._registry() as registry:
+            return head_outcomes(
+                registry, self.backbone(), self.spec.heads, self.baseline().fingerprint
+            )
 
     # ------------------------------------------------------------------ finishing
     def finish(self, planned: list[PlannedCheck], run_dir: Path) -> Path:

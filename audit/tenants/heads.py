@@ -540,6 +540,53 @@ def _evaluate(
     return metrics
 
 
+def validation_metrics(
+    head: Head,
+    backbone: Backbone,
+    texts: Sequence[str],
+    labels: Sequence[Any],
+    *,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Return ``head``'s metrics on its own validation split of its corpus, read on ``backbone``.
+
+    The split is the one training held out (the head's recorded ``val_fraction`` and seed), and
+    the figures are those training records (``val_loss``, ``val_accuracy``/``val_auroc`` or
+    ``val_rmse``/``val_r2``) plus ``n_val``: on the backbone the head was trained on they give
+    back ``head.meta.metrics``; on another they show what the head keeps there.
+    """
+    meta = head.meta
+    if meta.task == "lm":
+        raise InvalidInputError(
+            f"Head {meta.head_id} is a language-model head; it has no labelled validation split."
+        )
+    if len(labels) != len(texts):
+        raise InvalidInputError(
+            f"Give one label per text: {len(texts)} texts, {len(labels)} labels."
+        )
+    known = set(HeadSpec.__dataclass_fields__)
+    spec = HeadSpec(**{k: v for k, v in meta.spec.items() if k in known})
+    targets = _targets(labels, meta.task)
+    if meta.task == "classification" and list(targets.label_names) != meta.label_names:
+        raise InvalidInputError(
+            f"Head {meta.head_id} was trained on labels {meta.label_names}; the corpus given has "
+            f"{list(targets.label_names)}. Give the head's own corpus."
+        )
+    _, val = _split(targets, spec, len(texts))
+    val_texts = [texts[i] for i in val]
+    if head.reads_tokens:
+        extraction = backbone.extract(val_texts, [meta.input_hook], ("tokens",), progress=progress)
+        inputs = _Inputs(tokens=extraction.tokens[meta.input_hook])
+    else:
+        extraction = backbone.extract(
+            val_texts, [meta.input_hook], (meta.pooling,), progress=progress
+        )
+        inputs = _Inputs(pooled=extraction.pooled[(meta.input_hook, meta.pooling)])
+    held_out = replace(targets, y=targets.y[val])
+    metrics = _evaluate(head.module, inputs, held_out, np.arange(len(val)), spec)
+    return {**metrics, "n_val": int(len(val))}
+
+
 # ------------------------------------------------------------------------- saving
 WEIGHTS_FILE = "head.safetensors"
 META_FILE = "head.json"
