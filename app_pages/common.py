@@ -1,6 +1,8 @@
 """What every workbench page shares: the cached backbone, access control, folders, error display.
 
-Pages read the stores and reports through the library; nothing here computes a figure.
+Pages read the stores and reports through the library; nothing here computes a figure. The
+library (torch, the bridge) is imported on first use, so app.py's access check and a page's
+title paint before it has loaded.
 """
 
 from __future__ import annotations
@@ -10,13 +12,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from audit.errors import AuditError
-from probes.backbone import Backbone
-from probes.bundled import BUNDLED, DEFAULT_BACKBONE
-from probes.errors import ProbesError
+if TYPE_CHECKING:
+    from probes.backbone import Backbone
 
 ADMIN_KEY_ENV = "AUDIT_ADMIN_KEY"  # the owner's key, as the HTTP API reads it (audit.api.app)
 LOCAL_ADDRESSES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -31,18 +32,31 @@ def reports_root() -> Path:
 
 def bundled_aliases() -> list[str]:
     """Return the bundled backbone aliases, the default first."""
+    from probes.bundled import BUNDLED, DEFAULT_BACKBONE
+
     return [DEFAULT_BACKBONE, *(a for a in BUNDLED if a != DEFAULT_BACKBONE)]
 
 
 @st.cache_resource(show_spinner="Loading the backbone...")
 def load_backbone(spec: str) -> Backbone:
     """Return the frozen backbone named by ``spec``, loaded once per server process."""
+    from probes.backbone import Backbone
+
     return Backbone.load(spec)
 
 
 def backbone_spec() -> str:
     """Return the backbone this session works on (the embedded default until the user switches)."""
+    from probes.bundled import DEFAULT_BACKBONE
+
     return str(st.session_state.get(BACKBONE_KEY, DEFAULT_BACKBONE))
+
+
+def _library_errors() -> tuple[type[Exception], ...]:
+    from audit.errors import AuditError
+    from probes.errors import ProbesError
+
+    return (AuditError, ProbesError, OSError, ValueError, LookupError)
 
 
 def current_backbone() -> Backbone | None:
@@ -50,7 +64,7 @@ def current_backbone() -> Backbone | None:
     spec = backbone_spec()
     try:
         return load_backbone(spec)
-    except (ProbesError, OSError, ValueError) as exc:
+    except _library_errors() as exc:
         st.error(f"Could not load backbone {spec!r}: {exc}")
         return None
 
@@ -60,7 +74,7 @@ def friendly_errors(doing: str) -> Iterator[None]:
     """Show a library error as one ``st.error`` line naming what failed, never a traceback."""
     try:
         yield
-    except (AuditError, ProbesError, OSError, ValueError, LookupError) as exc:
+    except _library_errors() as exc:
         st.error(f"{doing} failed: {exc}")
         st.stop()
 
