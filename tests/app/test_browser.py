@@ -103,7 +103,7 @@ def workbench_url(tmp_path_factory, screen_bank) -> str:
     """Start `streamlit run app.py` on localhost with a stored probe report and screen-eval report."""
     reports = tmp_path_factory.mktemp("browser-reports")
     shutil.copytree(ROOT / "reports" / "example", reports / "20260101T000000Z-toxicity")
-    shutil.copytree(ROOT / "reports" / "screen-eval-minilm", reports / "screen-eval-minilm")
+    shutil.copytree(ROOT / "reports" / "example-screen-eval", reports / "screen-eval-minilm")
     port = _free_port()
     env = {**os.environ, "AUDIT_REPORTS": str(reports)}
     log = (tmp_path_factory.mktemp("browser-log") / "streamlit.log").open("w")

@@ -30,7 +30,7 @@ def test_report_is_rendered(reports_dir, open_page) -> None:
 
 
 def test_other_reports_in_the_folder_are_passed_over(reports_dir, open_page) -> None:
-    shutil.copytree(ROOT / "reports" / "screen-eval-minilm", reports_dir / "screen-eval-minilm")
+    shutil.copytree(ROOT / "reports" / "example-screen-eval", reports_dir / "screen-eval-minilm")
     (reports_dir / "broken").mkdir()
     (reports_dir / "broken" / "report.json").write_text("{not json")
     app = open_page("reports")

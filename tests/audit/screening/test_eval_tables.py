@@ -21,7 +21,7 @@ from audit.screening.evaluate import (
 from probes.errors import InvalidInputError
 
 ROOT = Path(__file__).resolve().parents[3]
-REPORT = ROOT / "reports" / "screen-eval-minilm" / "report.json"
+REPORT = ROOT / "reports" / "example-screen-eval" / "report.json"
 
 
 @pytest.fixture(scope="module")
