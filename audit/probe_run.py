@@ -167,18 +167,14 @@ def _scorecard(
         batch_size=settings.batch_size,
         progress=progress,
     )
-    # One check per call, so that a caller can follow a long scorecard check by check.
-    parts = []
-    for name in checks:
-        step(f"scoring robustness of {primary.dataset.concept} on {primary.dataset.name}: {name}")
-        parts.append(run_scorecard(ctx, thresholds=settings.thresholds, checks=[name]))
-    card = parts[0]
-    for part in parts[1:]:
-        card.checks += part.checks
-    if card.overall != "absent":
-        card.failed = [c.check for c in card.checks if c.verdict == "fail"]
-        card.overall = "fragile" if card.failed else "robust"
-    return card
+    return run_scorecard(
+        ctx,
+        thresholds=settings.thresholds,
+        checks=checks,
+        on_check=lambda name: step(
+            f"scoring robustness of {primary.dataset.concept} on {primary.dataset.name}: {name}"
+        ),
+    )
 
 
 def run_probe_report(

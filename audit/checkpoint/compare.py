@@ -81,6 +81,7 @@ class AuditReport(BaseModel):
     backbone: dict[str, Any] | None
     spec: dict[str, Any]
     mode: str  # "compare", or "update-baseline" when the run recorded the baseline
+    baseline: dict[str, Any] = Field(default_factory=dict)  # folder, written, fingerprint
     passed: bool
     checks: list[CheckRow]
     errors: dict[str, str] = Field(default_factory=dict)

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from audit.checkpoint.compare import AuditReportFile, list_audit_reports
 from audit.errors import AuditError
 from probes.backbone import fingerprint_folder
 from probes.home import audit_home
@@ -50,27 +51,18 @@ class Promotion:
         return asdict(self)
 
 
-def passing_report(reports_root: Path, fingerprint: str) -> tuple[Path, dict[str, Any]] | None:
+def passing_report(reports_root: Path, fingerprint: str) -> AuditReportFile | None:
     """Return the newest passing compare-mode audit report of ``fingerprint``, if any."""
-    found = []
-    for path in Path(reports_root).glob("*/report.json"):
-        try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        backbone = report.get("backbone") or {}
+    for found in list_audit_reports(Path(reports_root)).reports:  # newest first
+        report = found.report
         if (
-            isinstance(report, dict)
-            and report.get("mode") == "compare"
-            and report.get("passed") is True
-            and backbone.get("fingerprint") == fingerprint
-            and (report.get("baseline") or {}).get("fingerprint")
+            report.mode == "compare"
+            and report.passed
+            and report.fingerprint == fingerprint
+            and report.baseline.get("fingerprint")
         ):
-            found.append((str(report.get("created_at", "")), path, report))
-    if not found:
-        return None
-    _, path, report = max(found, key=lambda item: item[0])
-    return path, report
+            return found
+    return None
 
 
 def _promote_screens(source: str, target: str, name: str, dry_run: bool) -> list[dict[str, str]]:
@@ -168,19 +160,19 @@ def promote(
             f"{reports_root}: run `pytest --audit-checkpoint={folder}` against the served "
             "baseline first. Nothing was re-bound."
         )
-    report_path, report = found
-    source = report["baseline"]["fingerprint"]
+    report = found.report
+    source = str(report.baseline["fingerprint"])
     if source == target:
         raise PromotionError(
             f"Checkpoint {folder} has the served baseline's fingerprint {target}: "
             "everything is already bound to it."
         )
-    name = str(report["backbone"].get("name") or folder.name)
+    name = str((report.backbone or {}).get("name") or folder.name)
     promotion = Promotion(
         checkpoint=str(folder.resolve()),
         from_fingerprint=source,
         to_fingerprint=target,
-        report=str(report_path),
+        report=str(found.path),
         dry_run=dry_run,
     )
     promotion.screens = _promote_screens(source, target, name, dry_run)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -100,8 +100,12 @@ def run_scorecard(
     *,
     thresholds: dict[str, Threshold] | None = None,
     checks: Sequence[str] | None = None,
+    on_check: Callable[[str], None] | None = None,
 ) -> Scorecard:
-    """Return the scorecard of ``ctx``'s concept: presence, then every requested check."""
+    """Return the scorecard of ``ctx``'s concept: presence, then every requested check.
+
+    ``on_check(name)`` is called before each check runs, so a caller can show progress.
+    """
     thresholds = thresholds or load_thresholds()
     names = check_names(checks)
     presence = presence_check(ctx, thresholds)
@@ -116,6 +120,8 @@ def run_scorecard(
     for name in tqdm(
         names, desc=f"scorecard {ctx.dataset.name}", disable=not ctx.progress, leave=False
     ):
+        if on_check is not None:
+            on_check(name)
         module = importlib.import_module(f"probes.robustness.{CHECK_MODULES[name]}")
         logger.info("running check %s on %s", name, ctx.dataset.name)
         result: CheckResult = module.run(ctx, thresholds)
