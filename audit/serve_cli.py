@@ -101,8 +101,10 @@ def serve(
     from audit.api import create_app
     from audit.api.app import ADMIN_KEY_ENV
     from audit.errors import AuditError
+    from audit.storage_faults import check_writable
     from probes.backbone import Backbone
     from probes.errors import ProbesError
+    from probes.home import audit_home
 
     try:
         settings = ApiSettings(**limits)
@@ -112,6 +114,10 @@ def serve(
             for e in exc.errors()
         )
         raise click.UsageError(problems) from exc
+    try:  # a read-only or full store stops the server here, not at its first decision
+        check_writable(audit_home())
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         backbone = Backbone.load(backbone_spec, device=device, max_length=max_length)
     except (ProbesError, AuditError) as exc:

@@ -63,5 +63,15 @@ def create_schema(
         )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already rolled it back itself.
+
+    After some errors (a full disk, an I/O error) SQLite ends the transaction on its own; a
+    ROLLBACK then would raise "no transaction is active" and hide the error that mattered.
+    """
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")

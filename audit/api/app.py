@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
-from audit.api import export, head_routes, screen_routes, tenant_routes
+from audit.api import export, head_routes, log_routes, screen_routes, tenant_routes
 from audit.api.errors import CatchAllMiddleware, install_error_handlers
 from audit.api.limits import BodyLimitMiddleware, RateLimiter
 from audit.api.models import BackboneInfo, Health, QueueStats
@@ -161,6 +161,7 @@ def create_app(
     app.include_router(head_routes.router)
     app.include_router(export.router)
     app.include_router(screen_routes.router)
+    app.include_router(log_routes.router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness, backbone and engine statistics")
     def healthz(request: Request) -> Health:

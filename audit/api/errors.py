@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from audit.storage_faults import storage_fault
 from audit.tenants.registry import NotFoundError, RegistryInputError
 from probes.errors import InvalidInputError
 
@@ -119,7 +120,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class CatchAllMiddleware:
-    """Answer an unexpected exception with a logged, generic 500 that leaks no internals."""
+    """Answer an unexpected exception with a logged, generic 500 that leaks no internals.
+
+    A storage fault (full disk, read-only store; see ``audit.storage_faults``) is not unexpected:
+    it is answered 507 or 503 with a message naming the fix.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -138,7 +143,17 @@ class CatchAllMiddleware:
 
         try:
             await self.app(scope, receive, tracked)
-        except Exception:
+        except Exception as exc:
+            fault = storage_fault(exc)
+            if fault is not None:  # a full or read-only store: the operator's fix, not a bug
+                logger.error(
+                    "storage fault serving %s %s: %s", scope["method"], scope["path"], fault.detail
+                )
+                if started:
+                    raise
+                response = error_response(fault.status, fault.code, fault.message())
+                await response(scope, receive, send)
+                return
             logger.exception("unexpected error serving %s %s", scope["method"], scope["path"])
             if started:
                 raise
@@ -155,7 +170,8 @@ _DESCRIPTIONS = {
     415: "Unsupported content type.",
     422: "Invalid input; the message names the field and the fix.",
     429: "Rate limit exceeded; see Retry-After.",
-    503: "Owner routes are off: AUDIT_ADMIN_KEY is not set.",
+    503: "Owner routes are off (AUDIT_ADMIN_KEY is not set), or the store is read-only.",
+    507: "The server's storage is full; nothing of the request was kept.",
 }
 
 

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
 from audit.errors import AuditError
-from audit.sqlite_db import connect, create_schema
+from audit.sqlite_db import connect, create_schema, rollback
 from probes.home import audit_home
 
 logger = logging.getLogger(__name__)
@@ -332,7 +332,7 @@ class Registry:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                rollback(conn)
                 raise
             conn.execute("COMMIT")
 
