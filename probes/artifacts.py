@@ -7,6 +7,9 @@ are checked (schema, shapes, dtypes, backbone fingerprint) before a probe is reb
 from __future__ import annotations
 
 import json
+import math
+import struct
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -25,23 +28,157 @@ PROBE_SCHEMA_VERSION: Literal[1] = 1
 class ProbeMeta(BaseModel):
     """Everything saved beside a probe's weights."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     schema_version: Literal[1] = PROBE_SCHEMA_VERSION
     kind: Literal["logistic", "mass_mean"]
     concept: str
     dataset: str | None = None
     dataset_hash: str | None = None
-    layer: int
+    layer: int = Field(ge=0)
     hook_name: str
     pooling: str
     d_model: int = Field(gt=0)
-    label_names: list[str]
+    label_names: list[str] = Field(min_length=2)
     backbone: str
     fingerprint: str
     metrics: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, float] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+
+# ------------------------------------------------------------------ shared loading checks
+_PICKLE_FIX = (
+    "Nothing here unpickles (a pickle can run code when loaded): save the artifact again with "
+    "this package, which writes safetensors."
+)
+
+
+def sniff_weights_file(path: Path) -> str | None:
+    """Return why ``path`` is not a complete safetensors file (a pickle, truncated...), or None.
+
+    Only the first bytes and the header are read; nothing is deserialised.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(9)
+            n_header = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
+            if len(head) == 9 and head[8:9] == b"{" and 8 + n_header <= size:
+                handle.seek(8)  # a safetensors header: its length, then a JSON object
+            elif head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+                return f"it is a Python pickle, not safetensors. {_PICKLE_FIX}"
+            elif head[:4] == b"PK\x03\x04":
+                return (
+                    "it is a zip archive (what torch.save writes, with a pickle inside), not "
+                    f"safetensors. {_PICKLE_FIX}"
+                )
+            elif len(head) < 9:
+                return f"it is truncated: {size} bytes, too short for a safetensors header"
+            elif 8 + n_header > size:
+                return (
+                    f"it is truncated: its header claims {n_header} bytes but the file has "
+                    f"{size} bytes in all"
+                )
+            else:
+                return "its header is not safetensors JSON (a garbled or foreign file)"
+            header = json.loads(handle.read(n_header))
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    except (ValueError, UnicodeDecodeError):
+        return "its header is not safetensors JSON (a garbled or foreign file)"
+    if not isinstance(header, dict):
+        return "its header is not safetensors JSON (a garbled or foreign file)"
+    try:
+        ends = [
+            int(v["data_offsets"][1])
+            for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and len(v.get("data_offsets", ())) == 2
+        ]
+    except (TypeError, ValueError):
+        return "its header is not safetensors JSON (a garbled or foreign file)"
+    if 8 + n_header + max(ends, default=0) > size:
+        return (
+            f"it is truncated: its tensors need {8 + n_header + max(ends)} bytes but the file "
+            f"has {size}"
+        )
+    return None
+
+
+def read_safetensors(
+    path: Path, what: str, fix: str, loader: Callable[[str], Mapping[str, Any]] = load_file
+) -> dict[str, Any]:
+    """Return the tensors of the safetensors file ``path``, never unpickling.
+
+    ``loader`` reads it (default: ``safetensors.numpy.load_file``; pass
+    ``safetensors.torch.load_file`` for torch tensors). A pickle, a ``torch.save`` archive, a
+    truncated or garbled file raises CorruptArtifactError naming ``what`` (e.g. "Probe
+    weights"), the file, the problem and ``fix``.
+    """
+    problem = sniff_weights_file(path)
+    if problem is None:
+        try:
+            return dict(loader(str(path)))
+        except Exception as exc:  # safetensors raises its own error types for broken files
+            problem = f"it is not a readable safetensors file ({exc})"
+    raise CorruptArtifactError(f"{what} {path} are unreadable and were refused: {problem}. {fix}")
+
+
+def check_tensors(
+    tensors: Mapping[str, Any],
+    expected: Mapping[str, tuple[tuple[int, ...], Any]],
+    where: str,
+    fix: str,
+) -> None:
+    """Raise CorruptArtifactError unless ``tensors`` are exactly ``expected`` (name: shape, dtype).
+
+    Each tensor's name, shape and dtype are checked, and floating tensors must be finite; the
+    message names ``where`` (the file), the tensor, what was expected, what was found and ``fix``.
+    ``tensors`` may hold numpy arrays or torch tensors; dtypes compare by name ("float32").
+    """
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing}")
+        if extra:
+            parts.append(f"unexpected tensors {extra}")
+        raise CorruptArtifactError(
+            f"{where}: {' and '.join(parts)}; expected exactly {sorted(expected)}. {fix}"
+        )
+    for name, (shape, dtype) in expected.items():
+        tensor = tensors[name]
+        got_dtype = _dtype_name(tensor.dtype)
+        want_dtype = _dtype_name(dtype)
+        if tuple(tensor.shape) != tuple(shape) or got_dtype != want_dtype:
+            raise CorruptArtifactError(
+                f"{where}: tensor {name!r} must be {want_dtype} of shape {tuple(shape)}; got "
+                f"{got_dtype} of shape {tuple(tensor.shape)}. {fix}"
+            )
+        if want_dtype.startswith(("float", "bfloat")):
+            values = np.asarray(tensor.float() if hasattr(tensor, "float") else tensor)
+            if not np.isfinite(values).all():
+                raise CorruptArtifactError(
+                    f"{where}: tensor {name!r} holds NaN or infinite values. {fix}"
+                )
+
+
+def _dtype_name(dtype: Any) -> str:
+    text = str(dtype)
+    return text.removeprefix("torch.") if text.startswith("torch.") else str(np.dtype(dtype))
+
+
+def validation_problems(exc: ValidationError, limit: int = 3) -> str:
+    """Return a pydantic error as one line: each bad field's path, the problem and the value."""
+    parts = []
+    for error in exc.errors()[:limit]:
+        loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        value = error.get("input")
+        shown = "" if error["type"] in ("missing", "json_invalid") else f" (got {value!r:.60})"
+        parts.append(f"{loc}: {error['msg']}{shown}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -95,10 +232,23 @@ def load_probe(
     for p in (tensors_path, meta_path):
         if not p.exists():
             raise InvalidInputError(f"Probe file {p} does not exist.")
+    fix = "Refit the probe and save it again (save_probe)."
     try:
-        meta = ProbeMeta.model_validate_json(meta_path.read_text())
+        meta = ProbeMeta.model_validate_json(meta_path.read_bytes())
     except ValidationError as exc:
-        raise CorruptArtifactError(f"Probe metadata {meta_path} is invalid: {exc}") from exc
+        raise CorruptArtifactError(
+            f"Probe metadata {meta_path} is invalid: {validation_problems(exc)}. {fix}"
+        ) from exc
+    except OSError as exc:
+        raise CorruptArtifactError(
+            f"Probe metadata {meta_path} cannot be read ({exc.strerror}). {fix}"
+        ) from exc
+    c_value = meta.params.get("C")
+    if c_value is not None and not (math.isfinite(c_value) and c_value > 0):
+        raise CorruptArtifactError(
+            f"Probe metadata {meta_path}: params.C must be a finite float > 0; got {c_value!r}. "
+            f"{fix}"
+        )
     if (
         fingerprint is not None
         and meta.fingerprint != fingerprint
@@ -109,12 +259,9 @@ def load_probe(
             f"{meta.fingerprint}, not {fingerprint}. Refit it on this backbone, or pass "
             "allow_fingerprint_mismatch=True for a deliberate cross-backbone evaluation."
         )
-    try:
-        tensors = load_file(str(tensors_path))
-    except Exception as exc:
-        raise CorruptArtifactError(f"Probe weights {tensors_path} are unreadable: {exc}") from exc
+    tensors = read_safetensors(tensors_path, "Probe weights", fix)
     n_dir = len(meta.label_names) if len(meta.label_names) > 2 else 1
-    expected = {
+    expected: dict[str, tuple[tuple[int, ...], Any]] = {
         "coef": ((n_dir, meta.d_model), np.float64),
         "intercept": ((n_dir,), np.float64),
         "classes": ((len(meta.label_names),), np.int64),
@@ -122,14 +269,12 @@ def load_probe(
     if meta.kind == "logistic":
         expected["mean"] = ((meta.d_model,), np.float64)
         expected["scale"] = ((meta.d_model,), np.float64)
-    for name, (shape, dtype) in expected.items():
-        tensor = tensors.get(name)
-        if tensor is None or tensor.shape != shape or tensor.dtype != dtype:
-            got = "missing" if tensor is None else f"{tensor.dtype} {tensor.shape}"
-            raise CorruptArtifactError(
-                f"Probe weights {tensors_path.name}: tensor {name!r} must be {np.dtype(dtype)} "
-                f"{shape}; got {got}."
-            )
+    check_tensors(tensors, expected, f"Probe weights {tensors_path}", fix)
+    if meta.kind == "logistic" and not (tensors["scale"] > 0).all():
+        raise CorruptArtifactError(
+            f"Probe weights {tensors_path}: tensor 'scale' must be > 0 everywhere (it divides "
+            f"the activations). {fix}"
+        )
     probe: LogisticProbe | MassMeanProbe
     if meta.kind == "logistic":
         probe = LogisticProbe()

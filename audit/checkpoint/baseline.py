@@ -19,15 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from audit.checkpoint.concepts import ConceptRun
 from audit.checkpoint.spec import AuditSpec, spec_digest
 from audit.errors import AuditError
-from probes.artifacts import ProbeMeta, load_probe, save_probe
+from probes.artifacts import ProbeMeta, load_probe, save_probe, validation_problems
 from probes.atomic import atomic_write
 from probes.backbone import Backbone
-from probes.errors import CorruptArtifactError
+from probes.errors import CorruptArtifactError, FingerprintMismatchError, InvalidInputError
 from probes.hooks import resid_post
 
 BASELINE_SCHEMA_VERSION: Literal[1] = 1
@@ -39,15 +39,25 @@ class BaselineError(AuditError, CorruptArtifactError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ConceptBaseline(_Model):
     dataset: str
     dataset_hash: str
-    n_samples: int  # texts the dataset gave
-    requested: int  # the spec's sample size (a small dataset gives fewer)
+    n_samples: int = Field(ge=0)  # texts the dataset gave
+    requested: int = Field(ge=0)  # the spec's sample size (a small dataset gives fewer)
     auroc: dict[str, float]  # layer (as a string: JSON keys) -> held-out AUROC
+
+    @field_validator("auroc")
+    @classmethod
+    def _auroc(cls, v: dict[str, float]) -> dict[str, float]:
+        for layer, value in v.items():
+            if not layer.isdigit():
+                raise ValueError(f"layer key {layer!r} is not a non-negative int")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"the AUROC of layer {layer} is {value}, outside [0, 1]")
+        return v
 
 
 class BaselineRecord(_Model):
@@ -148,9 +158,14 @@ def load_baseline(folder: str | Path, spec: AuditSpec) -> Baseline:
             "`pytest --audit-checkpoint PATH --audit-update-baseline`."
         )
     try:
-        record = BaselineRecord.model_validate_json(path.read_text(encoding="utf-8"))
-    except (ValidationError, OSError, UnicodeDecodeError) as exc:
-        raise BaselineError(f"Baseline {path} is unreadable or invalid: {exc}") from None
+        record = BaselineRecord.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise BaselineError(
+            f"Baseline {path} is invalid: {validation_problems(exc)}. Record it again with "
+            "--audit-update-baseline on the served checkpoint."
+        ) from None
+    except OSError as exc:
+        raise BaselineError(f"Baseline {path} is unreadable ({exc.strerror}).") from None
     probes: dict[tuple[str, int], Any] = {}
     for name, concept in spec.concepts.items():
         have = record.concepts.get(name)
@@ -168,9 +183,21 @@ def load_baseline(folder: str | Path, spec: AuditSpec) -> Baseline:
                 f"{spec.samples(name)}. Record it again with --audit-update-baseline."
             )
         for layer in concept.layers:
-            probe, _meta = load_probe(
-                _probe_path(folder, name, layer).with_suffix(".json"),
-                fingerprint=record.fingerprint,
-            )
+            try:
+                probe, meta = load_probe(
+                    _probe_path(folder, name, layer).with_suffix(".json"),
+                    fingerprint=record.fingerprint,
+                )
+            except (CorruptArtifactError, InvalidInputError, FingerprintMismatchError) as exc:
+                raise BaselineError(
+                    f"Baseline {folder}: the probe of {name!r} at layer {layer} is unusable: "
+                    f"{exc} Record the baseline again with --audit-update-baseline."
+                ) from exc
+            if meta.layer != layer or meta.concept != name:
+                raise BaselineError(
+                    f"Baseline {folder}: the probe file for {name!r} at layer {layer} holds the "
+                    f"probe of {meta.concept!r} at layer {meta.layer}. Record the baseline "
+                    "again with --audit-update-baseline."
+                )
             probes[(name, layer)] = probe
     return Baseline(folder, record, probes)

@@ -54,7 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, get_args, runtime_checkable
 
-from audit.sqlite_db import connect, create_schema
+from audit.sqlite_db import connect, create_schema, rollback
 from probes.errors import CorruptArtifactError, InvalidInputError
 from probes.home import audit_home
 
@@ -747,13 +747,13 @@ class SQLiteAuditLog:
                     prev = digest
                 conn.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
-                conn.execute("ROLLBACK")
+                rollback(conn)
                 raise InvalidInputError(
                     f"A decision_id in this batch is already in the audit log ({exc}). Give each "
                     "record a fresh id (make_record / new_decision_id() do)."
                 ) from exc
             except BaseException:
-                conn.execute("ROLLBACK")
+                rollback(conn)
                 raise
         return entries
 
@@ -1035,11 +1035,11 @@ class _Verifier:
                 seq,
                 f"Record seq {seq} is unparseable: {exc}. Its stored JSON was damaged or edited.",
             )
-        if data["seq"] != seq:
+        if seq < self.expected:  # only a row before seq 1: rows are streamed in seq order
             return self.fail(
                 seq,
-                f"Record seq {seq} holds the content of entry seq {data['seq']!r}: rows were "
-                "reordered (or their content swapped).",
+                f"Record seq {seq} should not exist: seqs start at 1, so this row was inserted "
+                "before the first record.",
             )
         if seq != self.expected:
             missing = (
@@ -1051,7 +1051,13 @@ class _Verifier:
                 self.expected,
                 f"Record {missing} missing: the log jumps from seq {self.expected - 1} to seq "
                 f"{seq}, so "
-                f"{'a record was' if seq == self.expected + 1 else 'records were'} removed.",
+                f"{'a record was' if seq == self.expected + 1 else 'records were'} removed (or renumbered).",
+            )
+        if data["seq"] != seq:
+            return self.fail(
+                seq,
+                f"Record seq {seq} holds the content of entry seq {data['seq']!r}: rows were "
+                "reordered (or their content swapped).",
             )
         if row["prev_hash"] != self.prev_hash:
             return self.fail(

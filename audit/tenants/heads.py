@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from probes.artifacts import check_tensors, read_safetensors, validation_problems
 from probes.atomic import atomic_write
 from probes.backbone import Backbone, TailRunner
 from probes.errors import CorruptArtifactError, FingerprintMismatchError, InvalidInputError
@@ -603,11 +604,62 @@ def save_head(head: Head, folder: str | Path) -> Path:
     return folder
 
 
+def _check_meta(meta: HeadMeta, meta_path: Path, backbone: Backbone, fix: str) -> None:
+    """Raise CorruptArtifactError naming the field when ``meta`` cannot describe a real head."""
+
+    def bad(field: str, want: str, got: object) -> CorruptArtifactError:
+        return CorruptArtifactError(f"{meta_path}: {field} must be {want}; got {got!r}. {fix}")
+
+    n = backbone.n_layers
+    if meta.kind not in HEAD_KINDS:
+        raise bad("kind", f"one of {list(HEAD_KINDS)}", meta.kind)
+    if meta.task not in TASKS:
+        raise bad("task", f"one of {list(TASKS)}", meta.task)
+    if meta.pooling not in POOLINGS:
+        raise bad("pooling", f"one of {list(POOLINGS)}", meta.pooling)
+    if meta.d_model != backbone.d_model:
+        raise bad("d_model", f"the backbone's width {backbone.d_model}", meta.d_model)
+    if meta.n_outputs < 1:
+        raise bad("n_outputs", "a positive int", meta.n_outputs)
+    if meta.kind == "blocks":
+        if not 1 <= meta.k < n:
+            raise bad("k", f"an int in [1, {n - 1}] for a blocks head", meta.k)
+        hook = resid_post(n - meta.k - 1)
+    else:
+        if not 0 <= meta.layer < n:
+            raise bad("layer", f"an int in [0, {n - 1}]", meta.layer)
+        if meta.kind == "mlp" and meta.hidden < 1:
+            raise bad("hidden", "a positive int for an mlp head", meta.hidden)
+        hook = resid_post(meta.layer)
+    if meta.input_hook != hook:
+        raise bad("input_hook", f"{hook!r} (what its kind, layer and k read)", meta.input_hook)
+    if meta.task == "classification" and (
+        len(meta.label_names) != meta.n_outputs or len(set(meta.label_names)) < 2
+    ):
+        raise CorruptArtifactError(
+            f"{meta_path}: label_names {meta.label_names!r} do not match n_outputs "
+            f"{meta.n_outputs}; a classification head has one distinct name per output. {fix}"
+        )
+    if meta.task == "regression":
+        if meta.n_outputs != 1:
+            raise bad("n_outputs", "1 for a regression head", meta.n_outputs)
+        if not math.isfinite(meta.target_mean):
+            raise bad("target_mean", "a finite float", meta.target_mean)
+        if not (math.isfinite(meta.target_scale) and meta.target_scale > 0):
+            raise bad("target_scale", "a finite float > 0", meta.target_scale)
+    if meta.task == "lm" and meta.kind != "blocks":
+        raise bad("kind", "'blocks' for a language-model head", meta.kind)
+
+
 def load_head(folder: str | Path, backbone: Backbone, *, allow_mismatch: bool = False) -> Head:
     """Return the head saved in ``folder``, checked against ``backbone``'s fingerprint.
 
-    Refused: another backbone's head (unless ``allow_mismatch``), a newer schema, metadata or
-    tensors that do not parse, and tensors whose names or shapes differ from the metadata's.
+    Refused, with a CorruptArtifactError naming the file, the field or tensor and the fix:
+    metadata that does not parse or describes no head this backbone can hold (kind, task, layer,
+    input hook, outputs, labels), a newer schema, a weights file that is not safetensors (a
+    pickle is never loaded), is truncated, or whose tensors differ from the metadata's in name,
+    shape or dtype, or hold NaN or infinite values. Another backbone's head raises
+    FingerprintMismatchError unless ``allow_mismatch``.
     """
     folder = Path(folder)
     weights, meta_path = folder / WEIGHTS_FILE, folder / META_FILE
@@ -615,10 +667,15 @@ def load_head(folder: str | Path, backbone: Backbone, *, allow_mismatch: bool = 
         raise CorruptArtifactError(
             f"No head in {folder}: expected {WEIGHTS_FILE} and {META_FILE}. Train it again."
         )
+    fix = "Train the head again (or restore its folder from a backup)."
     try:
-        meta = HeadMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptArtifactError(f"{meta_path} is not valid head metadata: {exc}") from exc
+        meta = HeadMeta.model_validate_json(meta_path.read_bytes())
+    except ValidationError as exc:
+        raise CorruptArtifactError(
+            f"{meta_path} is not valid head metadata: {validation_problems(exc)}. {fix}"
+        ) from exc
+    except OSError as exc:
+        raise CorruptArtifactError(f"{meta_path} cannot be read ({exc.strerror}). {fix}") from exc
     if meta.schema_version > SCHEMA_VERSION:
         raise CorruptArtifactError(
             f"{meta_path} has schema_version {meta.schema_version}; this version reads up to "
@@ -630,19 +687,17 @@ def load_head(folder: str | Path, backbone: Backbone, *, allow_mismatch: bool = 
             f"({meta.backbone_fingerprint[:12]}), not on {backbone.name} "
             f"({backbone.fingerprint[:12]}). Retrain it on this backbone."
         )
-    try:
-        tensors = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error types for broken files
-        raise CorruptArtifactError(f"{weights} is not a readable safetensors file: {exc}") from exc
+    _check_meta(meta, meta_path, backbone, fix)
+    tensors = read_safetensors(weights, "Head weights", fix, loader=load_file)
     module = build_module(meta, backbone)
-    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
-    found = {name: tuple(t.shape) for name, t in tensors.items()}
-    if expected != found:
-        diff = sorted(set(expected.items()) ^ set(found.items()))[:4]
-        raise CorruptArtifactError(
-            f"The tensors in {weights} do not match its metadata (kind {meta.kind}, "
-            f"{meta.n_outputs} outputs): first differences {diff}. Train the head again."
-        )
+    expected = {name: (tuple(t.shape), t.dtype) for name, t in module.state_dict().items()}
+    check_tensors(
+        tensors,
+        expected,
+        f"The tensors in {weights} do not match its metadata (kind {meta.kind}, "
+        f"{meta.n_outputs} outputs)",
+        fix,
+    )
     module.load_state_dict(tensors)
     for param in module.parameters():
         param.requires_grad_(False)
