@@ -24,6 +24,7 @@ import torch
 
 from audit.bench_checkpoint import bench_checkpoint_audit
 from audit.bench_screening import bench_screening
+from audit.bench_serving import bench_serving
 from audit.bench_tenants import bench_blocks_training, bench_heads_cold, bench_tenants_mixed
 from audit.errors import AuditError
 from audit.report import package_versions
@@ -305,6 +306,7 @@ BENCHMARKS: dict[str, Callable[[BenchContext], list[Figure]]] = {
     "blocks_training": bench_blocks_training,
     "screening": bench_screening,
     "checkpoint_audit": bench_checkpoint_audit,
+    "serving_load": bench_serving,
 }
 
 
