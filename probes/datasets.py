@@ -201,6 +201,14 @@ def validate_texts(texts: Iterable[Any]) -> list[str]:
             raise InvalidInputError(f"Text {i} must be a str. Got {type(text).__name__} instead.")
         if not text.strip():
             raise InvalidInputError(f"Text {i} is empty or whitespace only.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInputError(
+                f"Text {i} holds a lone UTF-16 surrogate at character {exc.start} (a code unit "
+                "in U+D800..U+DFFF without its pair, e.g. an unpaired \\ud800 escape in JSON), "
+                "which is not Unicode text. Send valid UTF-8 text."
+            ) from None
     return out
 
 

@@ -98,9 +98,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        codes = {
+            400: "malformed_json",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }
         code = codes.get(exc.status_code, "http_error")
-        message = "No such route; see /docs for the API." if exc.status_code == 404 else None
+        message = {
+            # FastAPI's own 400: a body it could not decode before JSON parsing even began.
+            400: "The request body could not be read as JSON (it is not UTF-8, or it is nested "
+            "too deeply); send UTF-8 encoded JSON.",
+            404: "No such route; see /docs for the API.",
+        }.get(exc.status_code)
         return error_response(
             exc.status_code, code, message or str(exc.detail), getattr(exc, "headers", None)
         )

@@ -84,7 +84,7 @@ def ready_head(state: ApiState, tenant_id: str, head_id: str) -> HeadRecord:
     tags=["heads"],
     summary="Train a head on a corpus (in the background)",
     description="Answers at once with the head and its job; poll GET /v1/jobs/{job_id}.",
-    responses=responses(*_AUTH, 422),
+    responses=responses(400, *_AUTH, 413, 422),
 )
 def create_head(body: HeadCreate, tenant_id: TenantId, request: Request) -> HeadSubmitted:
     state = get_state(request)
@@ -189,7 +189,7 @@ def delete_head(tenant_id: TenantId, head_id: str, request: Request) -> Response
         "heads answer a label and per-label probabilities; regression heads a value."
     ),
     response_model_exclude_none=True,
-    responses=responses(*_AUTH, 409, 413, 422),
+    responses=responses(400, *_AUTH, 409, 413, 422),
 )
 async def predict(
     tenant_id: TenantId, head_id: str, body: PredictRequest, request: Request
@@ -231,7 +231,7 @@ async def predict(
     "/tenants/{tenant_id}/heads/{head_id}/generate",
     tags=["predictions"],
     summary="Continue a prompt with a language-model head",
-    responses=responses(*_AUTH, 409, 413, 422),
+    responses=responses(400, *_AUTH, 409, 413, 422),
 )
 def generate(
     tenant_id: TenantId, head_id: str, body: GenerateRequest, request: Request

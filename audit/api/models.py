@@ -6,9 +6,54 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit
+
+
+def _first_surrogate(body: Any) -> str | None:
+    """Return where ``body`` holds a lone UTF-16 surrogate (``texts[2]``, ``body``), or None.
+
+    JSON may escape any code unit (``"\\ud800"``), so a parsed body can hold half of a surrogate
+    pair: such a string has no UTF-8 form and cannot be tokenized, stored or logged. The walk
+    is iterative, so a deeply nested body cannot exhaust the stack.
+    """
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "body"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str):
+                    try:
+                        key.encode("utf-8")
+                    except UnicodeEncodeError:
+                        return f"a key of {where or 'body'}"
+                    name = key if len(key) <= 40 else key[:40] + "..."
+                    stack.append((item, f"{where}.{name}" if where else name))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+    return None
+
 
 class _Request(BaseModel):
+    """A request body: unknown fields are refused, and so are strings that are not Unicode."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = _first_surrogate(data)
+        if where is not None:
+            raise ValueError(
+                f"{where} holds a lone UTF-16 surrogate (an unpaired escape in U+D800..U+DFFF, "
+                "e.g. \\ud800), which is not Unicode text; send valid UTF-8, with surrogate "
+                "escapes only in high/low pairs"
+            )
+        return data
 
 
 class ErrorDetail(BaseModel):
@@ -100,16 +145,16 @@ class HeadCreate(_Request):
     task: str | None = Field(
         default=None, description="classification (default), regression or lm."
     )
-    hidden: int | None = Field(default=None, description="mlp width.")
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
+    hidden: int | None = Field(default=None, ge=1, le=8192, description="mlp width.")
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    lr: float | None = Field(default=None, gt=0.0, le=10.0, allow_inf_nan=False)
+    batch_size: int | None = Field(default=None, ge=1, le=65_536)
     patience: int | None = Field(
-        default=None, description="Epochs without improvement before stopping."
+        default=None, ge=1, le=1000, description="Epochs without improvement before stopping."
     )
-    val_fraction: float | None = None
-    weight_decay: float | None = None
-    seed: int | None = None
+    val_fraction: float | None = Field(default=None, ge=0.05, le=0.5, allow_inf_nan=False)
+    weight_decay: float | None = Field(default=None, ge=0.0, le=10.0, allow_inf_nan=False)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     screen_policy: Literal["refuse", "exclude"] = Field(
         default="refuse",
         description=(
@@ -219,8 +264,10 @@ class PredictResponse(BaseModel):
 class GenerateRequest(_Request):
     prompt: str
     max_new_tokens: int = Field(default=32, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, description="0: greedy; above 0: sampled.")
-    seed: int = 0
+    temperature: float = Field(
+        default=0.0, ge=0.0, allow_inf_nan=False, description="0: greedy; above 0: sampled."
+    )
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class GenerateResponse(BaseModel):

@@ -7,6 +7,7 @@ answer is sent.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -54,9 +55,10 @@ def screening(decision: GateDecision) -> Screening:
     summary="Screen texts: allow, flag or block, with scores and the tokens that drove them",
     description=(
         "Each text is screened in token windows over its whole length (up to max_text_chars; "
-        "longer: 413) and each decision is written to the audit log before the answer."
+        "longer: 413) and each decision is written to the audit log before the answer. "
+        "Concurrent requests share backbone batches with each other and with predictions."
     ),
-    responses=responses(401, 413, 422, 429, 503),
+    responses=responses(400, 401, 413, 422, 429, 503),
 )
 async def screen_texts(body: ScreenRequest, request: Request, who: Caller) -> ScreenResponse:
     state = get_state(request)
@@ -64,7 +66,15 @@ async def screen_texts(body: ScreenRequest, request: Request, who: Caller) -> Sc
     texts = body.as_list()
     check_texts(texts, state.settings)
     validate_texts(texts)
-    decisions = await run_in_threadpool(gate.screen, texts, tenant_id=who.tenant_id)
+    first_windows = None
+    if gate.screener.reuses_serving_window:  # first windows come from a shared engine batch
+        future = state.service.engine.submit_screen(texts, gate.screener)
+        # shield: a cancelled request must not cancel the engine's Future under the engine.
+        windows = await asyncio.shield(asyncio.wrap_future(future))
+        first_windows = dict(enumerate(windows))
+    decisions = await run_in_threadpool(
+        gate.screen, texts, tenant_id=who.tenant_id, first_windows=first_windows
+    )
     return ScreenResponse(results=[screening(d) for d in decisions])
 
 
@@ -90,7 +100,7 @@ def screening_bank(request: Request, who: Caller) -> dict[str, Any]:
         "The threshold flags at most target_fpr of the given benign texts; it never rises above "
         "the global block threshold, which stays as it is."
     ),
-    responses=responses(*_AUTH, 413, 422, 503),
+    responses=responses(400, *_AUTH, 413, 422, 503),
 )
 async def set_flag_threshold(
     tenant_id: TenantId, body: FlagRecalibration, request: Request

@@ -53,7 +53,7 @@ def _corpus_info(corpus: Corpus) -> CorpusInfo:
     tags=["tenants"],
     summary="Create a tenant and its API key (owner)",
     description="The API key is in this answer only: it is stored as a hash, never in plain.",
-    responses=responses(401, 403, 422, 503),
+    responses=responses(400, 401, 403, 413, 422, 503),
 )
 def create_tenant(body: TenantCreate, request: Request, _owner: Admin) -> TenantCreated:
     new = get_state(request).registry.create_tenant(body.name)
@@ -103,7 +103,7 @@ def delete_tenant(tenant_id: TenantId, request: Request) -> Response:
     "/tenants/{tenant_id}/export",
     tags=["tenants"],
     summary="Allow or forbid a tenant's activation exports (owner)",
-    responses=responses(401, 403, 404, 422, 503),
+    responses=responses(400, 401, 403, 404, 413, 422, 503),
 )
 def set_export_permission(
     body: ExportPermission, tenant_id: AdminTenantId, request: Request

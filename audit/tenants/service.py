@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import AuditError
+from audit.storage_faults import storage_fault
 from audit.tenants.heads import Head, HeadOutput, HeadSpec, save_head, train_head
 from audit.tenants.registry import Corpus, HeadRecord, Job, NotFoundError, Registry
 from audit.tenants.serving import InferenceEngine, registry_loader
@@ -80,7 +81,12 @@ def parse_corpus(
     texts: list[str] = []
     labels: list[Any] = []
     blank = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" (with an optional "\r") only: str.splitlines() would also split inside
+    # a JSON string holding U+2028, U+2029 or U+0085, which JSON allows unescaped.
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last row
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             blank += 1
             continue
@@ -90,11 +96,19 @@ def parse_corpus(
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise CorpusError(f"Line {lineno}: not valid JSON ({exc.msg}).") from exc
+        except RecursionError:
+            raise CorpusError(
+                f"Line {lineno}: the JSON is nested too deeply to read; give one flat "
+                '{"text": ..., "label": ...} object per line.'
+            ) from None
         if not isinstance(row, dict):
             raise CorpusError(f"Line {lineno}: expected a JSON object, got {type(row).__name__}.")
         value = row.get("text")
         if not isinstance(value, str) or not value.strip():
-            raise CorpusError(f'Line {lineno}: "text" must be a non-empty string; got {value!r}.')
+            raise CorpusError(
+                f'Line {lineno}: "text" must be a non-empty string; got {_shown(value)}.'
+            )
+        _check_unicode(value, lineno, "text")
         texts.append(value)
         if not labelled:
             continue
@@ -110,8 +124,11 @@ def parse_corpus(
             label = label.strip()
         if label == "" or not isinstance(label, (str, int, float)):
             raise CorpusError(
-                f'Line {lineno}: "label" must be a non-empty string or a number; got {label!r}.'
+                f'Line {lineno}: "label" must be a non-empty string or a number; got '
+                f"{_shown(label)}."
             )
+        if isinstance(label, str):
+            _check_unicode(label, lineno, "label")
         labels.append(label)
     if not texts:
         raise CorpusError("The corpus has no rows; give one JSON object per line.")
@@ -122,6 +139,24 @@ def parse_corpus(
             "labels (or numeric labels with task='regression')."
         )
     return parsed
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """Return ``repr(value)``, cut to ``limit`` characters for an error message."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def _check_unicode(value: str, lineno: int, field: str) -> None:
+    """Raise a CorpusError if ``value`` holds a lone surrogate (no UTF-8 form to store)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CorpusError(
+            f'Line {lineno}: "{field}" holds a lone UTF-16 surrogate at character {exc.start} '
+            "(an unpaired \\ud800..\\udfff escape), which is not Unicode text. Escape "
+            "surrogates only in high/low pairs, or write the character itself as UTF-8."
+        ) from None
 
 
 class TenantService:
@@ -250,7 +285,8 @@ class TenantService:
             return ready
         except Exception as exc:
             logger.warning("training job %s failed: %s", job_id, exc)
-            message = str(exc) or type(exc).__name__
+            fault = storage_fault(exc)
+            message = fault.message() if fault is not None else str(exc) or type(exc).__name__
             try:
                 reg.mark_head_failed(record.head_id, message)
                 reg.update_job(job_id, status="failed", error=message)
