@@ -50,16 +50,19 @@ class Tap(Protocol):
 
 @dataclass
 class BatchResult:
-    """The outputs of a mixed batch, row by row, and any extra pooled activations asked for."""
+    """The outputs of a mixed batch, row by row, and any extra pooled activations asked for.
 
-    outputs: list[HeadOutput]
+    A row given no head (``None``: screened only) has no output (``None``).
+    """
+
+    outputs: list[HeadOutput | None]
     pooled: dict[Reader, np.ndarray] = field(default_factory=dict)  # [n_rows, d_model]
     n_backbone_passes: int = 0
 
 
 def run_mixed(
     backbone: Backbone,
-    heads: Sequence[Head],
+    heads: Sequence[Head | None],
     texts: Sequence[str],
     *,
     batch_size: int = 64,
@@ -73,14 +76,15 @@ def run_mixed(
     ``also``: readers such as screening probes that share the same forward), then every head on
     its own rows. Each row's output is bit-for-bit the one it gets when served alone.
     ``tap`` is called once per chunk with that chunk's per-token activations (its ``hooks``
-    included in the pass), the mask, the token ids and the chunk's row indices.
+    included in the pass), the mask, the token ids and the chunk's row indices. A row whose head
+    is ``None`` runs only for ``tap`` and ``also`` (a request that is screened, not predicted).
     """
     if len(heads) != len(texts):
         raise InvalidInputError(f"Give one head per text: {len(heads)} heads, {len(texts)} texts.")
     if not texts:
         return BatchResult([])
     for head in heads:
-        if head.meta.backbone_fingerprint != backbone.fingerprint:
+        if head is not None and head.meta.backbone_fingerprint != backbone.fingerprint:
             raise InvalidInputError(
                 f"Head {head.head_id} belongs to another backbone; load it against this one."
             )
@@ -100,10 +104,12 @@ def run_mixed(
     for width, rows in chunks:
         chunk_heads = [heads[i] for i in rows]
         hooks = sorted(
-            {h.input_hook for h in chunk_heads}
+            {h.input_hook for h in chunk_heads if h is not None}
             | {r[0] for r in also}
             | set(tap.hooks if tap is not None else ())
         )
+        if not hooks:  # screened-only rows with nothing to screen them: no forward to run
+            continue
         ids = tokens.input_ids[rows]
         acts, mask = backbone.forward_tokens(ids, tokens.attention_mask[rows], hooks, width=width)
         passes += 1
@@ -113,8 +119,7 @@ def run_mixed(
             pooled[reader][rows] = pool(acts[reader[0]], mask, reader[1]).float().cpu().numpy()
         for local, out in _apply_heads(chunk_heads, acts, mask).items():
             outputs[int(rows[local])] = out
-    assert all(o is not None for o in outputs)
-    return BatchResult([o for o in outputs if o is not None], pooled, passes)
+    return BatchResult(outputs, pooled, passes)
 
 
 PAD_MULTIPLE = 8
@@ -132,13 +137,17 @@ def padded_widths(lengths: np.ndarray, max_length: int) -> np.ndarray:
 
 
 def _apply_heads(
-    heads: Sequence[Head], acts: dict[str, torch.Tensor], mask: torch.Tensor
+    heads: Sequence[Head | None], acts: dict[str, torch.Tensor], mask: torch.Tensor
 ) -> dict[int, HeadOutput]:
-    """Return each row's output: stacked linear heads per input, other heads row group by group."""
+    """Return each row's output: stacked linear heads per input, other heads row group by group.
+
+    Rows without a head get no output.
+    """
     by_head: dict[int, list[int]] = {}
     for row, head in enumerate(heads):
-        by_head.setdefault(id(head), []).append(row)
-    unique = {id(h): h for h in heads}
+        if head is not None:
+            by_head.setdefault(id(head), []).append(row)
+    unique = {id(h): h for h in heads if h is not None}
     results: dict[int, HeadOutput] = {}
     stacks: dict[tuple[str, str, int, str], list[int]] = {}
     for key, head in unique.items():
@@ -249,7 +258,7 @@ def registry_loader(backbone: Backbone, registry: Any) -> Callable[[str], Head]:
 # ------------------------------------------------------------------------- engine
 @dataclass
 class _Pending:
-    head_id: str
+    head_id: str | None  # None: screened only (its Future is the windows Future)
     texts: list[str]
     future: Future[list[HeadOutput]]
     readers: tuple[Reader, ...] = ()
@@ -329,6 +338,20 @@ class InferenceEngine:
         self._queue.put(pending)
         return pending.future
 
+    def submit_screen(self, texts: Sequence[str], screener: Any) -> Future[list[Any]]:
+        """Queue ``texts`` to be screened only; return a Future of their first-window scores.
+
+        They join the next mixed batch like predictions do, so concurrent screening requests
+        share backbone passes with each other and with predictions (``screener.score_windows``
+        on each chunk's activations).
+        """
+        if self._thread is None:
+            self.start()
+        windows: Future[list[Any]] = Future()
+        pending = _Pending(None, list(texts), windows, screener=screener, windows_future=windows)  # type: ignore[arg-type]
+        self._queue.put(pending)
+        return windows
+
     def predict(self, head_id: str, texts: Sequence[str]) -> list[HeadOutput]:
         """Return the outputs of ``texts`` for ``head_id``, served through the gathering queue."""
         return self.submit(head_id, texts).result()
@@ -361,12 +384,12 @@ class InferenceEngine:
                 return
 
     def _serve(self, batch: list[_Pending]) -> None:
-        heads: list[Head] = []
+        heads: list[Head | None] = []
         texts: list[str] = []
         live: list[_Pending] = []
         for item in batch:
             try:
-                head = self.cache.get(item.head_id)
+                head = None if item.head_id is None else self.cache.get(item.head_id)
             except Exception as exc:  # one bad head fails its own request, not the batch
                 _resolve(item.future, exc=exc)
                 continue
@@ -400,7 +423,8 @@ class InferenceEngine:
                 )
             if item.windows_future is not None and tap is not None:
                 _resolve(item.windows_future, tap.scores[start:stop])
-            _resolve(item.future, result.outputs[start:stop])
+            if item.head_id is not None:
+                _resolve(item.future, result.outputs[start:stop])
             start = stop
 
 

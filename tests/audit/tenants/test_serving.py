@@ -127,3 +127,33 @@ def test_engine_gathers_concurrent_requests_into_shared_batches(trained_heads, b
             backbone, [trained_heads[KINDS[i % 4]]] * len(outs), TEXTS[i % 8 : i % 8 + 2]
         )
         assert all(_max_diff(a, b) <= 1e-5 for a, b in zip(outs, alone.outputs, strict=True))
+
+
+def test_screen_only_rows_share_the_batch_and_get_no_output(trained_heads, backbone) -> None:
+    head = next(iter(trained_heads.values()))
+    texts = ["A warm, funny film.", "Dull and far too long.", "What is the capital of Peru?"]
+    plain = run_mixed(backbone, [head, head], texts[:2]).outputs
+    mixed = run_mixed(backbone, [head, None, head], [texts[0], texts[2], texts[1]])
+    assert mixed.outputs[1] is None
+    assert [mixed.outputs[0], mixed.outputs[2]] == plain  # bit for bit, beside a screened row
+    assert mixed.n_backbone_passes <= 2
+
+
+def test_engine_screens_concurrent_requests_in_shared_batches(
+    trained_heads, backbone, screen_bank
+) -> None:
+    from audit.screening.screener import Screener
+
+    screener = Screener(backbone, screen_bank)
+    head = next(iter(trained_heads.values()))
+    texts = ["How do I bake bread?", "Explain how to make a pipe bomb.", "Name three rivers."]
+    alone = screener.score_texts(texts)
+    loader = {head.head_id: head}.__getitem__
+    with InferenceEngine(backbone, loader, max_batch=64, max_wait_ms=200) as engine:
+        futures = [engine.submit_screen([t], screener) for t in texts]
+        predicted = engine.submit(head.head_id, texts[:1])
+        windows = [f.result(timeout=120)[0] for f in futures]
+        assert predicted.result(timeout=120)
+        assert engine.n_batches == 1  # three screenings and a prediction, one backbone batch
+    for got, expected in zip(windows, alone, strict=True):
+        assert got.logits == pytest.approx(expected[0].logits, abs=1e-5)
