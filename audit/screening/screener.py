@@ -3,8 +3,10 @@
 A ``Screener`` binds a ``ScreenBank`` to the backbone it was fitted on. Texts longer than the
 backbone's context are cut into overlapping token windows (never just the head of the text); every
 window is scored by every screen and a text takes, per screen, its highest-scoring window, so a
-harmful passage buried in long benign text is read where it is. Texts over ``max_chars`` are
-refused (``TextTooLongError``; the HTTP API answers 413).
+harmful passage buried in long benign text is read where it is. A text written with look-alike
+letters, fullwidth forms or invisible characters is also scored in its canonical form
+(``audit.screening.normalize``), and its highest window over both forms decides. Texts over
+``max_chars`` are refused (``TextTooLongError``; the HTTP API answers 413).
 
 Scores come from the activations of a forward pass: ``score_windows`` reads them from any forward
 that captured the bank's hooks, so the serving path screens the forward its heads already ran and
@@ -26,12 +28,14 @@ import torch
 from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
+from audit.screening.normalize import canonical_text
 from audit.screening.screens import Screen, ScreenBank, ScreenDecision
 from probes.errors import FingerprintMismatchError, InvalidInputError
 
 DEFAULT_MAX_CHARS = 100_000
 DEFAULT_TOP_K = 8
 DEFAULT_SPAN_TOKENS = 32
+MAX_CANONICAL_GROWTH = 4  # NFKC can lengthen a text; its canonical form is cut at 4x
 
 
 @functools.cache
@@ -462,6 +466,12 @@ class Screener:
         per_text: list[list[WindowScore | None]] = []
         for i, text in enumerate(texts):
             wins = self.windows(text)
+            canonical = canonical_text(text)
+            if canonical is not text and canonical.strip():
+                # Look-alike letters or invisible characters: the canonical form's windows are
+                # scored too, and the text's highest window decides (NFKC can lengthen a text:
+                # its canonical form is cut at MAX_CANONICAL_GROWTH times the original).
+                wins = wins + self.windows(canonical[: MAX_CANONICAL_GROWTH * len(text)])
             per_text.append([None] * len(wins))
             for j, window_ids in enumerate(wins):
                 if j == 0 and i in reuse:

@@ -882,6 +882,9 @@ def test_zero_width_and_homoglyph_text_is_served_and_screened(hostile, ids, tall
         tally.notes["disguised_harmful_prompt"] = {"prompt": HARMFUL, "decisions": decisions}
     print("\ndisguised harmful prompt decisions:", json.dumps(decisions, indent=1))
     assert decisions["plain"]["decision"] == "block"
+    # Look-alike letters and invisible characters are screened in their canonical form too.
+    disguised = {k: v["decision"] for k, v in decisions.items() if v["decision"] != "block"}
+    assert not disguised, disguised
     _assert_no_server_errors(hostile.tally, cat)
 
 
