@@ -93,7 +93,8 @@ def _shell_commands(*prefixes: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "command", _shell_commands("audit screen", "audit log", "audit probe", "audit promote")
+    "command",
+    _shell_commands("audit screen", "audit log", "audit probe", "audit promote", "audit bench"),
 )
 def test_readme_screening_commands_use_real_options(command: str) -> None:
     import click
