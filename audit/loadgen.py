@@ -55,7 +55,7 @@ class TenantTarget:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
+        return bearer(self.api_key)
 
 
 @dataclass(frozen=True)

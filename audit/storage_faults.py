@@ -44,8 +44,8 @@ class StorageFault:
             self.kind
         ]
 
-    def message(self) -> str:
-        """A sentence naming the fault and the fix; nothing of the failed write was kept."""
+    def message(self, *, for_request: bool = True) -> str:
+        """A sentence naming the fault and the fix (and, for a request, that none of it was kept)."""
         what = {
             "full": "The server's storage is full",
             "read_only": "The server's storage is read-only or not writable",
@@ -57,10 +57,8 @@ class StorageFault:
             "permissions)",
             "io": "check the disk that holds AUDIT_HOME",
         }[self.kind]
-        return (
-            f"{what} ({self.detail}); nothing of this request was kept. The operator must "
-            f"{fix}; then retry."
-        )
+        kept = "; nothing of this request was kept" if for_request else ""
+        return f"{what} ({self.detail}){kept}. The operator must {fix}; then retry."
 
 
 def _classify(exc: BaseException) -> StorageFault | None:
@@ -104,10 +102,7 @@ class StorageFaultError(AuditError):
     """The store cannot be written; the message names the fault and the fix."""
 
     def __init__(self, fault: StorageFault, folder: Path) -> None:
-        super().__init__(
-            f"Cannot write to {str(folder)!r}: "
-            + fault.message().replace("; nothing of this request was kept", "")
-        )
+        super().__init__(f"Cannot write to {str(folder)!r}: {fault.message(for_request=False)}")
         self.fault = fault
 
 

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -181,6 +181,28 @@ def validation_problems(exc: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+_Meta = TypeVar("_Meta", bound=BaseModel)
+
+
+def read_meta(
+    model: type[_Meta],
+    path: Path,
+    what: str,
+    fix: str,
+    error: type[CorruptArtifactError] = CorruptArtifactError,
+) -> _Meta:
+    """Return the JSON file ``path`` validated as ``model``; raise ``error`` naming the field.
+
+    ``what`` names the file in the message ("Probe metadata"), ``fix`` says what to do.
+    """
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise error(f"{what} {path} is invalid: {validation_problems(exc)}. {fix}") from None
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read ({exc.strerror}). {fix}") from None
+
+
 def _paths(path: str | Path) -> tuple[Path, Path]:
     base = Path(path)
     if base.suffix in (".safetensors", ".json"):
@@ -233,16 +255,7 @@ def load_probe(
         if not p.exists():
             raise InvalidInputError(f"Probe file {p} does not exist.")
     fix = "Refit the probe and save it again (save_probe)."
-    try:
-        meta = ProbeMeta.model_validate_json(meta_path.read_bytes())
-    except ValidationError as exc:
-        raise CorruptArtifactError(
-            f"Probe metadata {meta_path} is invalid: {validation_problems(exc)}. {fix}"
-        ) from exc
-    except OSError as exc:
-        raise CorruptArtifactError(
-            f"Probe metadata {meta_path} cannot be read ({exc.strerror}). {fix}"
-        ) from exc
+    meta = read_meta(ProbeMeta, meta_path, "Probe metadata", fix)
     c_value = meta.params.get("C")
     if c_value is not None and not (math.isfinite(c_value) and c_value > 0):
         raise CorruptArtifactError(

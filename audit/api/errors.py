@@ -155,19 +155,17 @@ class CatchAllMiddleware:
             await self.app(scope, receive, tracked)
         except Exception as exc:
             fault = storage_fault(exc)
-            if fault is not None:  # a full or read-only store: the operator's fix, not a bug
+            if fault is None:
+                logger.exception("unexpected error serving %s %s", scope["method"], scope["path"])
+                response = error_response(500, "internal_error", INTERNAL_MESSAGE)
+            else:  # a full or read-only store: the operator's fix, not a bug
                 logger.error(
                     "storage fault serving %s %s: %s", scope["method"], scope["path"], fault.detail
                 )
-                if started:
-                    raise
                 response = error_response(fault.status, fault.code, fault.message())
-                await response(scope, receive, send)
-                return
-            logger.exception("unexpected error serving %s %s", scope["method"], scope["path"])
             if started:
                 raise
-            await error_response(500, "internal_error", INTERNAL_MESSAGE)(scope, receive, send)
+            await response(scope, receive, send)
 
 
 _DESCRIPTIONS = {

@@ -53,27 +53,8 @@ class DecisionPage(BaseModel):
 
 
 def decision_entry(entry: LogEntry) -> DecisionEntry:
-    record = entry.record
-    return DecisionEntry(
-        seq=entry.seq,
-        entry_hash=entry.entry_hash,
-        decision_id=record.decision_id,
-        time=record.time,
-        tenant_id=record.tenant_id,
-        head_id=record.head_id,
-        kind=record.kind,
-        decision=record.decision,
-        score=record.score,
-        screen=record.screen,
-        screen_version=record.screen_version,
-        backbone_fingerprint=record.backbone_fingerprint,
-        layers=list(record.layers),
-        block_threshold=record.block_threshold,
-        flag_threshold=record.flag_threshold,
-        top_tokens=[(t, v) for t, v in record.top_tokens],
-        request_hash=record.request_hash,
-        text=record.text,
-    )
+    """Return the API view of a log entry: the signed record and its place in the chain."""
+    return DecisionEntry(seq=entry.seq, entry_hash=entry.entry_hash, **entry.record.to_dict())
 
 
 @router.get(

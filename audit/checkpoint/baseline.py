@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from audit.checkpoint.concepts import ConceptRun
 from audit.checkpoint.spec import AuditSpec, spec_digest
 from audit.errors import AuditError
-from probes.artifacts import ProbeMeta, load_probe, save_probe, validation_problems
+from probes.artifacts import ProbeMeta, load_probe, read_meta, save_probe
 from probes.atomic import atomic_write
 from probes.backbone import Backbone
 from probes.errors import CorruptArtifactError, FingerprintMismatchError, InvalidInputError
@@ -157,15 +157,13 @@ def load_baseline(folder: str | Path, spec: AuditSpec) -> Baseline:
             f"No baseline at {folder}: record one from the checkpoint now served with "
             "`pytest --audit-checkpoint PATH --audit-update-baseline`."
         )
-    try:
-        record = BaselineRecord.model_validate_json(path.read_bytes())
-    except ValidationError as exc:
-        raise BaselineError(
-            f"Baseline {path} is invalid: {validation_problems(exc)}. Record it again with "
-            "--audit-update-baseline on the served checkpoint."
-        ) from None
-    except OSError as exc:
-        raise BaselineError(f"Baseline {path} is unreadable ({exc.strerror}).") from None
+    record = read_meta(
+        BaselineRecord,
+        path,
+        "Baseline",
+        "Record it again with --audit-update-baseline on the served checkpoint.",
+        BaselineError,
+    )
     probes: dict[tuple[str, int], Any] = {}
     for name, concept in spec.concepts.items():
         have = record.concepts.get(name)

@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from probes.artifacts import check_tensors, read_safetensors, validation_problems
+from probes.artifacts import check_tensors, read_meta, read_safetensors
 from probes.atomic import atomic_write
 from probes.backbone import Backbone, TailRunner
 from probes.errors import CorruptArtifactError, FingerprintMismatchError, InvalidInputError
@@ -668,14 +668,7 @@ def load_head(folder: str | Path, backbone: Backbone, *, allow_mismatch: bool = 
             f"No head in {folder}: expected {WEIGHTS_FILE} and {META_FILE}. Train it again."
         )
     fix = "Train the head again (or restore its folder from a backup)."
-    try:
-        meta = HeadMeta.model_validate_json(meta_path.read_bytes())
-    except ValidationError as exc:
-        raise CorruptArtifactError(
-            f"{meta_path} is not valid head metadata: {validation_problems(exc)}. {fix}"
-        ) from exc
-    except OSError as exc:
-        raise CorruptArtifactError(f"{meta_path} cannot be read ({exc.strerror}). {fix}") from exc
+    meta = read_meta(HeadMeta, meta_path, "Head metadata", fix)
     if meta.schema_version > SCHEMA_VERSION:
         raise CorruptArtifactError(
             f"{meta_path} has schema_version {meta.schema_version}; this version reads up to "

@@ -260,7 +260,7 @@ def registry_loader(backbone: Backbone, registry: Any) -> Callable[[str], Head]:
 class _Pending:
     head_id: str | None  # None: screened only (its Future is the windows Future)
     texts: list[str]
-    future: Future[list[HeadOutput]]
+    future: Future[Any]  # the outputs (list[HeadOutput]), or the windows when screened only
     readers: tuple[Reader, ...] = ()
     pooled_future: Future[dict[Reader, np.ndarray]] | None = None
     screener: Any = None  # an audit.screening Screener: first windows scored from this forward
@@ -348,7 +348,7 @@ class InferenceEngine:
         if self._thread is None:
             self.start()
         windows: Future[list[Any]] = Future()
-        pending = _Pending(None, list(texts), windows, screener=screener, windows_future=windows)  # type: ignore[arg-type]
+        pending = _Pending(None, list(texts), windows, screener=screener, windows_future=windows)
         self._queue.put(pending)
         return windows
 

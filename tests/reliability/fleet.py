@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from audit.loadgen import ServerProcess, TenantTarget, provision
+from audit.loadgen import ServerProcess, TenantTarget, corpus_ndjson, provision
 from audit.screening.log import SQLiteAuditLog, load_key
 
 N_TENANTS = 24
@@ -116,6 +116,20 @@ def missing_or_misattributed(log: SQLiteAuditLog, decisions: dict[str, str]) -> 
                 f"{decision_id}: logged for tenant {entry.record.tenant_id}, made for {tenant_id}"
             )
     return problems
+
+
+def benign_corpus(n_rows: int, label_prefix: str = "") -> bytes:
+    """Return an NDJSON corpus of benign requests (gsm8k's calibration split) screening allows.
+
+    Rows are labelled by length, ``<label_prefix>long`` / ``<label_prefix>short``, so each
+    tenant can get label names of its own.
+    """
+    from probes.requests import load_requests
+
+    requests = load_requests("gsm8k", split="calibration")
+    texts = [t for t, y in zip(requests.texts, requests.labels.tolist(), strict=True) if y == 0]
+    rows = [(t, f"{label_prefix}{'long' if len(t) > 200 else 'short'}") for t in texts[:n_rows]]
+    return corpus_ndjson(rows)
 
 
 def write_report(name: str, figures: dict[str, Any]) -> Path:

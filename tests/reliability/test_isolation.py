@@ -20,11 +20,11 @@ import pytest
 
 from audit.api import ApiSettings
 from tests.audit.api.helpers import ADMIN_KEY, bearer, create_tenant, live_server, upload
+from tests.reliability.fleet import benign_corpus, write_report
 
 N_TENANTS = 8
 N_REQUESTS = 2400
 CONCURRENCY = 16
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -52,23 +52,11 @@ class Tally:
             self.leaks.append(f"{what}: {detail}")
 
 
-def _corpus(index: int) -> bytes:
-    """A corpus whose label names belong to tenant ``index`` alone."""
-    from probes.requests import load_requests
-
-    requests = load_requests("gsm8k", split="calibration")
-    texts = [t for t, y in zip(requests.texts, requests.labels.tolist(), strict=True) if y == 0]
-    rows = [
-        {"text": t, "label": f"t{index}-{'long' if len(t) > 200 else 'short'}"} for t in texts[:32]
-    ]
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
-
-
 def _provision(client: httpx.Client) -> list[Owner]:
     owners = []
     for i in range(N_TENANTS):
         tenant_id, key = create_tenant(client, f"isolated-{i}")
-        corpus_id = upload(client, tenant_id, key, _corpus(i))
+        corpus_id = upload(client, tenant_id, key, benign_corpus(32, f"t{i}-"))
         r = client.post(
             f"/v1/tenants/{tenant_id}/heads",
             json={
@@ -234,9 +222,7 @@ def test_thousands_of_mixed_requests_never_cross_tenants(
         "leaks": len(tally.leaks),
         "server_errors": len(tally.server_errors),
     }
-    out = ROOT / "reports" / "reliability"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "isolation.json").write_text(json.dumps(summary, indent=1))
+    write_report("isolation", summary)
     print(f"\nisolation: {json.dumps(summary)}")
     assert not tally.server_errors, tally.server_errors[:5]
     assert not tally.leaks, tally.leaks[:5]

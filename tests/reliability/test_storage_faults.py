@@ -27,6 +27,7 @@ from audit.tenants.heads import load_head
 from audit.tenants.registry import REGISTRY_FILENAME, Registry
 from probes.errors import InvalidInputError
 from tests.audit.api.helpers import ADMIN, ADMIN_KEY, NDJSON, create_tenant, live_server, upload
+from tests.reliability.fleet import benign_corpus
 
 SETTINGS = ApiSettings(rate_limit_per_minute=0)
 
@@ -73,16 +74,7 @@ def _fill(volume: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def corpus() -> bytes:
-    """Benign requests (the calibration split) labelled by topic: a corpus screening allows."""
-    from probes.requests import load_requests
-
-    requests = load_requests("gsm8k", split="calibration")
-    rows = [
-        {"text": t, "label": "long" if len(t) > 200 else "short"}
-        for t, y in zip(requests.texts, requests.labels.tolist(), strict=True)
-        if y == 0
-    ][:40]
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+    return benign_corpus(40)
 
 
 def _decision_ids(response: httpx.Response) -> list[str]:
