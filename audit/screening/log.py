@@ -1043,13 +1043,13 @@ class _Verifier:
             )
         if seq != self.expected:
             missing = (
-                f"seq {self.expected}"
+                f"Record seq {self.expected} is"
                 if seq == self.expected + 1
-                else f"seqs {self.expected} to {seq - 1}"
+                else f"Records seq {self.expected} to seq {seq - 1} are"
             )
             return self.fail(
                 self.expected,
-                f"Record {missing} missing: the log jumps from seq {self.expected - 1} to seq "
+                f"{missing} missing: the log jumps from seq {self.expected - 1} to seq "
                 f"{seq}, so "
                 f"{'a record was' if seq == self.expected + 1 else 'records were'} removed (or renumbered).",
             )

@@ -426,3 +426,18 @@ def test_cli_verify_exits_non_zero_and_names_the_record(
     assert as_json.exit_code == 1
     data = json.loads(as_json.output)
     assert data["ok"] is False and data["first_bad_seq"] == first
+
+
+def test_a_gap_of_several_records_names_its_first_missing_seq(
+    pristine: Path, tmp_path: Path
+) -> None:
+    db = _copy(pristine, tmp_path)
+    with SQLiteAuditLog(db, key=KEY) as log:
+        head = log.export_head()
+    _move(db, N_RECORDS, random.Random(0))  # the last record jumps past the end: a gap of >= 1
+    _sql(db, [("UPDATE entries SET seq = ? WHERE seq > ?", (N_RECORDS + 3, N_RECORDS))])
+    with SQLiteAuditLog(db, key=KEY) as log:
+        result = log.verify(heads=[head] if head is not None else [])
+    assert not result.ok
+    assert result.first_bad_seq == N_RECORDS
+    assert f"seq {N_RECORDS} to seq {N_RECORDS + 2}" in str(result.problem), result.problem
