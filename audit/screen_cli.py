@@ -44,6 +44,13 @@ def _backbone(spec: str, max_length: int | None) -> Any:
     help="Also fit the long-text span rule (the primary's strongest run of 32 tokens, with "
     "thresholds set on long benign texts made from the calibration split).",
 )
+@click.option(
+    "--segments",
+    is_flag=True,
+    help="Also fit the multi-paragraph segment rule (each line or paragraph of a text screened "
+    "as a request of its own, with thresholds set on long benign texts made from the "
+    "calibration split).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the bank's summary as JSON.")
 @_friendly
 def fit(
@@ -56,6 +63,7 @@ def fit(
     flag_fpr: float,
     seed: int,
     span: bool,
+    segments: bool,
     as_json: bool,
 ) -> None:
     """Fit the default screens (mean, max and multi-layer logistic) and save a new bank version.
@@ -87,6 +95,7 @@ def fit(
         progress=True,
         save=False,
         span=span,
+        segments=segments,
     )
     path = save_to_catalog(bank)
     if as_json:
@@ -96,6 +105,74 @@ def fit(
         f"bank {bank.version} on {bank.backbone}: {len(bank.screens)} screens, saved to {path}"
     )
     click.echo(_table(bank))
+
+
+@screen.command("add-rule")
+@click.argument("version")
+@click.option("--backbone", "backbone_spec", default="minilm", show_default=True)
+@click.option("--max-length", type=click.IntRange(min=2), default=None)
+@click.option("--segments", is_flag=True, help="Fit the multi-paragraph segment rule.")
+@click.option("--span", is_flag=True, help="Fit the long-text span rule.")
+@click.option(
+    "--n-long",
+    type=click.IntRange(min=20),
+    default=300,
+    show_default=True,
+    help="Long benign texts made from the calibration split to set the rule's thresholds on.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the new bank's summary as JSON.")
+@_friendly
+def add_rule(
+    version: str,
+    backbone_spec: str,
+    max_length: int | None,
+    segments: bool,
+    span: bool,
+    n_long: int,
+    as_json: bool,
+) -> None:
+    """Add long-text rules to the saved bank VERSION (a prefix is enough) as a new bank version.
+
+    The screens are not refitted: the rules' thresholds are set on long texts made from the
+    calibration split the bank was fitted with (its seed), never on the evaluation split.
+    """
+    from audit.screening.catalog import (
+        default_training_data,
+        fit_segment_rule,
+        fit_span_rule,
+        latest_bank,
+        save_to_catalog,
+    )
+    from audit.screening.screens import describe
+    from probes.errors import InvalidInputError
+
+    if not (segments or span):
+        raise InvalidInputError("Name the rule to add: --segments, --span or both.")
+    backbone = _backbone(backbone_spec, max_length)
+    bank = latest_bank(backbone, version)
+    if bank is None:
+        raise InvalidInputError(
+            f"No saved bank {version!r} for {backbone.name}: `audit screen list` shows them."
+        )
+    _, calibration = default_training_data(seed=bank.training.seed)
+    seed = bank.training.seed
+    if span:
+        bank = fit_span_rule(backbone, bank, calibration, n_long=n_long, seed=seed, progress=True)
+    if segments:
+        bank = fit_segment_rule(
+            backbone, bank, calibration, n_long=n_long, seed=seed, progress=True
+        )
+    path = save_to_catalog(bank)
+    if as_json:
+        _emit_json({**describe(bank), "path": str(path)})
+        return
+    click.echo(f"bank {bank.version} (rules added to {version}) saved to {path}")
+    for name, rule in (("span", bank.span), ("segments", bank.segments)):
+        if rule is not None:
+            click.echo(
+                f"{name}: block {rule.block.value:.4f} (long benign FPR "
+                f"{rule.block.fpr.value:.3%} of {rule.block.n_benign}), flag {rule.flag.value:.4f}"
+            )
 
 
 def _split_jsonl(path: str, seed: int) -> tuple[Any, Any]:

@@ -21,7 +21,7 @@ import numpy as np
 from audit.screening.augment import augment_framings
 from audit.screening.robustness import bury, make_filler
 from audit.screening.screener import DEFAULT_SPAN_TOKENS, Screener
-from audit.screening.screens import ScreenBank, ScreenSpec, SpanRule, fit_screens
+from audit.screening.screens import ScreenBank, ScreenSpec, SegmentRule, SpanRule, fit_screens
 from audit.screening.storage import META_FILE, load_bank, save_bank
 from audit.screening.thresholds import Threshold, measure_threshold, threshold_for_fpr
 from probes.errors import InvalidInputError
@@ -172,6 +172,47 @@ def default_training_data(
     return augment_framings(train, framed_fraction, seed=seed), calibration
 
 
+def _long_texts(
+    calibration: RequestSet, n_long: int, chars: tuple[int, int], seed: int, what: str
+) -> tuple[list[str], list[str]]:
+    """Return long benign texts (random benign calibration requests joined) and half as many
+    long harmful ones (a harmful calibration request buried in such a text)."""
+    benign = [t for t, y in zip(calibration.texts, calibration.labels, strict=True) if y == 0]
+    harmful = [t for t, y in zip(calibration.texts, calibration.labels, strict=True) if y == 1]
+    if len(benign) < 10 or len(harmful) < 2:
+        raise InvalidInputError(
+            f"The {what} rule needs at least 10 benign and 2 harmful calibration requests."
+        )
+    rng = np.random.default_rng([seed, 4242])
+    long_benign = [make_filler(benign, rng, *chars) for _ in range(n_long)]
+    long_harmful = [
+        bury(harmful[int(rng.integers(len(harmful)))], benign, rng, *chars)[0]
+        for _ in range(max(1, n_long // 2))
+    ]
+    return long_benign, long_harmful
+
+
+def _long_text_thresholds(
+    bank: ScreenBank, benign: np.ndarray, harmful: np.ndarray
+) -> tuple[Threshold, Threshold]:
+    """Return (block, flag) thresholds for a long-text score: at most the bank's target FPRs of
+    the long benign texts, never below the bank's own thresholds, flag never above block."""
+    primary = bank.screen(bank.primary)
+    info = bank.training
+
+    def threshold(action: str, target: float, floor: float) -> Threshold:
+        chosen = threshold_for_fpr(action, target, benign, harmful)
+        if chosen.value < floor:
+            chosen = measure_threshold(action, floor, target, benign, harmful)
+        return chosen
+
+    block = threshold("block", info.target_block_fpr, primary.block.value)
+    flag = threshold("flag", info.target_flag_fpr, primary.flag.value)
+    if flag.value > block.value:
+        flag = measure_threshold("flag", block.value, info.target_flag_fpr, benign, harmful)
+    return block, flag
+
+
 def fit_span_rule(
     backbone: Any,
     bank: ScreenBank,
@@ -197,35 +238,11 @@ def fit_span_rule(
             f"The span rule reads a mean-pooled primary screen; {bank.primary!r} pools by "
             f"{primary.spec.pooling!r}."
         )
-    benign = [t for t, y in zip(calibration.texts, calibration.labels, strict=True) if y == 0]
-    harmful = [t for t, y in zip(calibration.texts, calibration.labels, strict=True) if y == 1]
-    if len(benign) < 10 or len(harmful) < 2:
-        raise InvalidInputError(
-            "The span rule needs at least 10 benign and 2 harmful calibration requests."
-        )
-    rng = np.random.default_rng([seed, 4242])
-    long_benign = [make_filler(benign, rng, *chars) for _ in range(n_long)]
-    long_harmful = [
-        bury(harmful[int(rng.integers(len(harmful)))], benign, rng, *chars)[0]
-        for _ in range(max(1, n_long // 2))
-    ]
-    plain = replace(bank, span=None)
-    screener = Screener(backbone, plain, span_tokens=span_tokens)
+    long_benign, long_harmful = _long_texts(calibration, n_long, chars, seed, "span")
+    screener = Screener(backbone, replace(bank, span=None), span_tokens=span_tokens)
     results = screener.screen(long_benign + long_harmful, progress=progress)
     spans = np.array([r.span_score for r in results], dtype=np.float64)
-    b_spans, h_spans = spans[:n_long], spans[n_long:]
-    info = bank.training
-
-    def threshold(action: str, target: float, floor: float) -> Threshold:
-        chosen = threshold_for_fpr(action, target, b_spans, h_spans)
-        if chosen.value < floor:
-            chosen = measure_threshold(action, floor, target, b_spans, h_spans)
-        return chosen
-
-    block = threshold("block", info.target_block_fpr, primary.block.value)
-    flag = threshold("flag", info.target_flag_fpr, primary.flag.value)
-    if flag.value > block.value:
-        flag = measure_threshold("flag", block.value, info.target_flag_fpr, b_spans, h_spans)
+    block, flag = _long_text_thresholds(bank, spans[:n_long], spans[n_long:])
     rule = SpanRule(span_tokens, block, flag, len(long_benign), len(long_harmful))
     logger.info(
         "span rule (%d tokens): block %.4f (long benign FPR %.3f), flag %.4f",
@@ -235,6 +252,38 @@ def fit_span_rule(
         flag.value,
     )
     return replace(bank, span=rule)
+
+
+def fit_segment_rule(
+    backbone: Any,
+    bank: ScreenBank,
+    calibration: RequestSet,
+    *,
+    n_long: int = 300,
+    chars: tuple[int, int] = (1000, 6000),
+    seed: int = 0,
+    progress: bool = False,
+) -> ScreenBank:
+    """Return ``bank`` with the primary's multi-paragraph segment rule set on calibration-made
+    texts (made as for ``fit_span_rule``: requests joined by blank lines, some with a harmful
+    one buried among them). Thresholds as for the span rule, on each text's highest segment."""
+    long_benign, long_harmful = _long_texts(calibration, n_long, chars, seed, "segment")
+    screener = Screener(backbone, replace(bank, segments=None), segments=True)
+    results = screener.screen(long_benign + long_harmful, progress=progress)
+    scores = np.array(
+        [r.score if r.segment_score is None else r.segment_score for r in results],
+        dtype=np.float64,
+    )
+    block, flag = _long_text_thresholds(bank, scores[:n_long], scores[n_long:])
+    rule = SegmentRule(block, flag, len(long_benign), len(long_harmful))
+    logger.info(
+        "segment rule: block %.4f (long benign FPR %.3f, long harmful TPR %.3f), flag %.4f",
+        block.value,
+        block.fpr.value,
+        block.tpr.value if block.tpr is not None else float("nan"),
+        flag.value,
+    )
+    return replace(bank, segments=rule)
 
 
 def fit_default_bank(
@@ -250,6 +299,7 @@ def fit_default_bank(
     progress: bool = True,
     save: bool = True,
     span: bool = False,
+    segments: bool = False,
 ) -> ScreenBank:
     """Return a bank fitted on the bundled requests (or the given splits), saved to the catalog.
 
@@ -257,6 +307,7 @@ def fit_default_bank(
     (``fit_span_rule``, on texts made from the calibration split). It is off by default: on
     MiniLM it caught 4 of 100 harmful requests buried in long benign text (none without it) while
     blocking 1 of 100 long benign texts and raising the evaluation FPR at block from 1.02% to 1.12%.
+    With ``segments`` the multi-paragraph segment rule is fitted too (``fit_segment_rule``).
     """
     if (train is None) != (calibration is None):
         raise InvalidInputError("Give both train and calibration requests, or neither.")
@@ -276,6 +327,8 @@ def fit_default_bank(
     )
     if span and bank.screen(bank.primary).spec.pooling == "mean":
         bank = fit_span_rule(backbone, bank, calibration, seed=seed, progress=progress)
+    if segments:
+        bank = fit_segment_rule(backbone, bank, calibration, seed=seed, progress=progress)
     if save:
         path = save_to_catalog(bank)
         logger.info("screen bank %s saved to %s", bank.version, path)

@@ -959,7 +959,7 @@ def _robustness(
         harmful_idx = np.sort(rng.choice(harmful_idx, settings.robustness_max, replace=False))
     harmful = [evaluation.texts[i] for i in harmful_idx]
     benign = [t for t, y in zip(evaluation.texts, labels, strict=True) if not y]
-    transforms = [t for t in settings.transforms if t != "burial" or benign]
+    transforms = [t for t in settings.transforms if not t.startswith("burial") or benign]
     sets = make_transforms(
         harmful,
         benign,

@@ -9,8 +9,9 @@ Three seeded transforms of the harmful evaluation prompts, each a plain function
 - ``add_typos``: about ``TYPO_RATE`` of the letters get a typo (two neighbours swapped, a letter
   dropped or doubled).
 - ``bury``: the prompt inserted at a random word boundary inside 2,000-6,000 characters of
-  concatenated benign requests; the same filler alone is the benign side, so the false-positive
-  rate of long benign texts is measured too.
+  concatenated benign requests, as its own paragraph (``burial``) or run into the text with no
+  line break (``burial_inline``); the same filler alone is the benign side, so the
+  false-positive rate of long benign texts is measured too.
 
 ``make_transforms`` builds every transformed set; ``robustness_rows`` turns the scores of each
 set into AUROC, TPR at the block threshold and at a fixed 1%-FPR threshold, with the drop from
@@ -31,7 +32,7 @@ from probes.errors import InvalidInputError
 
 TYPO_RATE = 0.08
 BURIAL_CHARS: tuple[int, int] = (2000, 6000)
-TRANSFORMS: tuple[str, ...] = ("framing", "typos", "burial")
+TRANSFORMS: tuple[str, ...] = ("framing", "typos", "burial", "burial_inline")
 
 # (name, template): "{prompt}" is replaced by the harmful prompt, verbatim.
 FRAMINGS: tuple[tuple[str, str], ...] = (
@@ -127,8 +128,10 @@ def make_filler(
     rng: np.random.Generator,
     min_chars: int = BURIAL_CHARS[0],
     max_chars: int = BURIAL_CHARS[1],
+    sep: str = "\n\n",
 ) -> str:
-    """Return min_chars..max_chars characters of randomly drawn benign requests, blank-line joined.
+    """Return min_chars..max_chars characters of randomly drawn benign requests, joined by ``sep``
+    (a blank line: one paragraph per request; a space: one run of text).
 
     The length is drawn uniformly; the text is cut at the last space before it (never below
     ``min_chars``), so no word is split.
@@ -150,11 +153,11 @@ def make_filler(
     while size < target + 1:
         text = " ".join(benign[int(order[i % len(order)])].split())  # one paragraph per request
         parts.append(text)
-        size += len(text) + 2
+        size += len(text) + len(sep)
         i += 1
         if i % len(order) == 0:
             order = rng.permutation(len(benign))
-    joined = "\n\n".join(parts)
+    joined = sep.join(parts)
     cut = joined.rfind(" ", min_chars, target + 1)
     return joined[: cut if cut > 0 else target].rstrip()
 
@@ -165,18 +168,19 @@ def bury(
     rng: np.random.Generator,
     min_chars: int = BURIAL_CHARS[0],
     max_chars: int = BURIAL_CHARS[1],
+    sep: str = "\n\n",
 ) -> tuple[str, str]:
     """Return (``text`` inside benign filler, the filler alone).
 
     The filler is ``make_filler``'s; ``text`` goes in at a random paragraph or word boundary,
-    set off by blank lines.
+    set off by ``sep`` (blank lines, or a space for burial inside one run of text).
     """
-    filler = make_filler(benign, rng, min_chars, max_chars)
+    filler = make_filler(benign, rng, min_chars, max_chars, sep)
     spot = int(rng.integers(0, len(filler) + 1))
     boundary = filler.rfind(" ", 0, spot)
     pos = boundary + 1 if boundary >= 0 else 0
     head, tail = filler[:pos].rstrip(), filler[pos:].lstrip()
-    buried = "\n\n".join(part for part in (head, text, tail) if part)
+    buried = sep.join(part for part in (head, text, tail) if part)
     return buried, filler
 
 
@@ -240,7 +244,10 @@ def make_transforms(
                 description=f"typos in {typo_rate:.0%} of letters (swap, drop, double)",
             )
         else:
-            pairs = [bury(t, benign, rng, *burial_chars) for t in harmful]
+            inline = name == "burial_inline"
+            pairs = [
+                bury(t, benign, rng, *burial_chars, sep=" " if inline else "\n\n") for t in harmful
+            ]
             out[name] = TransformedSet(
                 name,
                 tuple(b for b, _ in pairs),
@@ -248,7 +255,12 @@ def make_transforms(
                 benign=tuple(f for _, f in pairs),
                 description=(
                     f"buried in {burial_chars[0]:,}-{burial_chars[1]:,} characters of benign "
-                    "requests (benign side: the filler alone)"
+                    + (
+                        "requests run together, no line breaks"
+                        if inline
+                        else "requests, one per paragraph"
+                    )
+                    + " (benign side: the filler alone)"
                 ),
             )
     return out

@@ -19,9 +19,10 @@ to the token holding it), so the tokens with the largest terms are the ones that
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -29,13 +30,14 @@ from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
 from audit.screening.normalize import canonical_text
-from audit.screening.screens import Screen, ScreenBank, ScreenDecision
+from audit.screening.screens import Action, Screen, ScreenBank, ScreenDecision
 from probes.errors import FingerprintMismatchError, InvalidInputError
 
 DEFAULT_MAX_CHARS = 100_000
 DEFAULT_TOP_K = 8
 DEFAULT_SPAN_TOKENS = 32
 MAX_CANONICAL_GROWTH = 4  # NFKC can lengthen a text; its canonical form is cut at 4x
+MAX_SEGMENTS = 64  # a text's lines beyond this many are merged into runs of lines
 
 
 @functools.cache
@@ -65,6 +67,7 @@ class WindowScore:
     top_tokens: tuple[tuple[str, float], ...]
     n_tokens: int
     span_logit: float | None = None  # the primary's strongest run of span_tokens tokens
+    segment: bool = False  # a window of one of the text's segments, screened on its own
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class ScreenResult:
     window: int  # index of the deciding window
     window_scores: tuple[float, ...] = field(default=())  # the primary's score per window
     span_score: float | None = None  # the primary's calibrated span maximum, over windows
+    segment_score: float | None = None  # the primary's highest segment score (segment rule)
+    n_segment_windows: int = 0  # windows of segments screened on their own (0: one segment)
 
     @property
     def action(self) -> str:
@@ -117,6 +122,7 @@ class Screener:
         top_k: int = DEFAULT_TOP_K,
         span_tokens: int = DEFAULT_SPAN_TOKENS,
         cross_fingerprint: bool = False,
+        segments: bool | None = None,
     ) -> None:
         fingerprint = getattr(backbone, "fingerprint", None)
         # A bank on another backbone is refused unless the caller asks for a cross-fingerprint
@@ -134,6 +140,9 @@ class Screener:
             raise InvalidInputError(f"max_chars must be a positive int. Got {max_chars} instead.")
         self.backbone = backbone
         self.bank = bank
+        # Multi-line texts are also screened segment by segment when the bank has a segment
+        # rule (or the caller asks, e.g. to fit one); single-line texts never cost more.
+        self.segments = bank.segments is not None if segments is None else bool(segments)
         self.max_chars = int(max_chars)
         self.batch_size = int(batch_size)
         self.top_k = int(top_k)
@@ -189,8 +198,11 @@ class Screener:
             for reader, pairs in sorted(stacks.items())
         }
         self.hooks = sorted({h for h, _ in bank.readers})
-        self._special_ids = np.array(sorted({int(i) for i in tok.all_special_ids}))
         self._vocab = [str(t) for t in tok.convert_ids_to_tokens(list(range(len(tok))))]
+        # One flag per vocabulary id (and one past it, for ids beyond the vocabulary).
+        self._is_special = np.zeros(len(self._vocab) + 1, dtype=bool)
+        self._is_special[[i for i in tok.all_special_ids if 0 <= i < len(self._vocab)]] = True
+        self._is_special[-1] = True
         self._pad_id = int(tok.pad_token_id or 0)
         self._primary = bank.screen(bank.primary)
         self._version = bank.version
@@ -262,8 +274,8 @@ class Screener:
         padded = not bool(m.all())
         for (hook, pooling), (weights, cols, primary_col) in self._projections.items():
             h = acts[hook].detach().float().cpu().numpy()
-            if pooling == "mean":  # one matmul serves every screen reading this layer
-                proj = (h.reshape(-1, h.shape[-1]) @ weights).reshape(n_rows, n_pos, -1)
+            if pooling == "mean":
+                proj = _project(h.reshape(-1, h.shape[-1]), weights).reshape(n_rows, n_pos, -1)
                 proj *= m[:, :, None]
                 per_row = proj.sum(1) / scale
                 if primary_col is not None:
@@ -272,7 +284,7 @@ class Screener:
                         raw += proj[:, :, primary_col]
             elif pooling == "max":
                 real = m[:, :, None]
-                top = h.max(1, where=real, initial=-np.inf) if padded else h.max(1)
+                top = _masked_max(h, n_real) if padded else h.max(1)
                 per_row = top @ weights
                 if primary_col is not None:  # each dimension's term goes to its max token
                     held = np.where(real, h, -np.inf) if padded else h
@@ -287,26 +299,34 @@ class Screener:
                     terms[np.arange(n_rows), at] += per_row[:, primary_col]
             logits[:, cols] += per_row
         spans = self._span_logits(raw, n_real, logits[:, self._primary_col])
-        terms[~m | np.isin(ids, self._special_ids)] = -np.inf
+        # Ids outside the tokenizer's vocabulary (a padded forward's filler) count as special.
+        special = self._is_special[np.minimum(ids, len(self._is_special) - 1)]
+        terms[~m | special] = -np.inf
         k = min(self.top_k, n_pos)
         index = np.argsort(-terms, axis=1, kind="stable")[:, :k]
-        values = np.take_along_axis(terms, index, 1).tolist()
+        values = np.take_along_axis(terms, index, 1)
+        n_top = np.isfinite(values).sum(1).tolist()  # -inf (padding, special) sorts last
         token_ids = np.take_along_axis(ids, index, 1).tolist()
+        values_list = values.tolist()
         vocab, names = self._vocab, self._names
-        out = []
-        for r in range(n_rows):
-            tops = tuple(
-                (vocab[token_ids[r][j]], values[r][j]) for j in range(k) if values[r][j] != -np.inf
+        span_list = [None] * n_rows if spans is None else spans.tolist()
+        return [
+            WindowScore(
+                logits=dict(zip(names, row_logits, strict=True)),
+                top_tokens=tuple(zip([vocab[t] for t in row_ids[:n]], row_values[:n], strict=True)),
+                n_tokens=n_tokens,
+                span_logit=span,
             )
-            out.append(
-                WindowScore(
-                    logits=dict(zip(names, logits[r].tolist(), strict=True)),
-                    top_tokens=tops,
-                    n_tokens=int(n_real[r]),
-                    span_logit=None if spans is None else float(spans[r]),
-                )
+            for row_logits, row_ids, row_values, n, n_tokens, span in zip(
+                logits.tolist(),
+                token_ids,
+                values_list,
+                n_top,
+                n_real.tolist(),
+                span_list,
+                strict=True,
             )
-        return out
+        ]
 
     def _span_logits(
         self, raw: np.ndarray, n_real: np.ndarray, whole: np.ndarray
@@ -365,8 +385,53 @@ class Screener:
             return self._decide_all(texts)
 
     def _decide_all(self, texts: Sequence[Sequence[WindowScore]]) -> list[ScreenResult]:
-        if any(not windows for windows in texts):
+        if not self.segments:  # no segment windows are made: every window reads the whole text
+            if any(not windows for windows in texts):
+                raise InvalidInputError("A text needs at least one window to be screened.")
+            return self._decide_whole(texts)
+        whole = [[w for w in windows if not w.segment] for windows in texts]
+        if any(not windows for windows in whole):
             raise InvalidInputError("A text needs at least one window to be screened.")
+        results = self._decide_whole(whole)
+        parts = [[w for w in windows if w.segment] for windows in texts]
+        if any(parts):
+            results = self._with_segments(results, parts)
+        return results
+
+    def _with_segments(
+        self, results: list[ScreenResult], parts: Sequence[Sequence[WindowScore]]
+    ) -> list[ScreenResult]:
+        """Return ``results`` with each text's highest segment score (and the segment rule's
+        decision, when the bank has one)."""
+        primary, name = self._primary, self.bank.primary
+        flat = [w for windows in parts for w in windows]
+        scores = primary.calibrator(np.array([w.logits[name] for w in flat])).tolist()
+        rule = self.bank.segments
+        out = []
+        start = 0
+        for result, windows in zip(results, parts, strict=True):
+            if not windows:
+                out.append(result)
+                continue
+            own = scores[start : start + len(windows)]
+            start += len(windows)
+            best = int(np.argmax(own))
+            done = replace(result, segment_score=own[best], n_segment_windows=len(windows))
+            decision = result.decision
+            score = decision.score
+            if rule is not None:
+                block, flag = decision.block_threshold, decision.flag_threshold
+                score = rule.effective(decision.score, own[best], block, flag)
+            if score > decision.score:  # the segment decides: its tokens explain it
+                action: Action = "block" if score >= block else "flag" if score >= flag else "allow"
+                decision = replace(
+                    decision, decision=action, score=score, scores={**decision.scores, name: score}
+                )
+                done = replace(done, decision=decision, top_tokens=windows[best].top_tokens)
+            out.append(done)
+        return out
+
+    def _decide_whole(self, texts: Sequence[Sequence[WindowScore]]) -> list[ScreenResult]:
         flat = [w for windows in texts for w in windows]
         calibrated = {
             s.spec.name: s.calibrator(np.array([w.logits[s.spec.name] for w in flat]))
@@ -464,6 +529,7 @@ class Screener:
             )
         jobs: list[tuple[int, int, list[int]]] = []  # (text, window, ids)
         per_text: list[list[WindowScore | None]] = []
+        first_segment: list[int] = []  # per text: the index of its first segment window
         for i, text in enumerate(texts):
             wins = self.windows(text)
             canonical = canonical_text(text)
@@ -472,7 +538,12 @@ class Screener:
                 # scored too, and the text's highest window decides (NFKC can lengthen a text:
                 # its canonical form is cut at MAX_CANONICAL_GROWTH times the original).
                 wins = wins + self.windows(canonical[: MAX_CANONICAL_GROWTH * len(text)])
+            n_whole = len(wins)
+            if self.segments:
+                for part in split_segments(canonical if canonical is not text else text):
+                    wins = wins + self.windows(part)
             per_text.append([None] * len(wins))
+            first_segment.append(n_whole)
             for j, window_ids in enumerate(wins):
                 if j == 0 and i in reuse:
                     per_text[i][0] = reuse[i]
@@ -500,7 +571,7 @@ class Screener:
             for (i, j, _), score in zip(
                 chunk, self.score_windows(acts, used_mask, ids), strict=True
             ):
-                per_text[i][j] = score
+                per_text[i][j] = score if j < first_segment[i] else replace(score, segment=True)
             bar.update(len(chunk))
         bar.close()
         return [[w for w in scored if w is not None] for scored in per_text]
@@ -508,6 +579,48 @@ class Screener:
     def scores(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Return the primary screen's calibrated score per text (window maximum)."""
         return np.array([r.score for r in self.screen(texts, progress=progress)])
+
+
+_LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029\x85\x0b\x0c]+")
+
+
+def split_segments(text: str, max_segments: int = MAX_SEGMENTS) -> list[str]:
+    """Return a text's segments (its non-blank lines), or [] when it has fewer than two.
+
+    A text with more than ``max_segments`` lines has consecutive lines merged into
+    ``max_segments`` runs of about equal line counts, so a long document costs a bounded number of
+    extra rows.
+    """
+    lines = [line.strip() for line in _LINE_BREAKS.split(text)]
+    lines = [line for line in lines if line]
+    if len(lines) < 2:
+        return []
+    if len(lines) <= max_segments:
+        return lines
+    bounds = np.linspace(0, len(lines), max_segments + 1).round().astype(int)
+    return [" ".join(lines[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def _project(flat: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Return ``flat @ weights`` ([n, d] by [d, k]) one column at a time.
+
+    BLAS's matrix-vector product reads a skinny product's rows faster than its matrix-matrix one
+    does for a handful of columns (measured: 0.17 ms against 0.29 ms for 2,048 x 384 by 2).
+    """
+    if weights.shape[1] == 1:
+        return flat @ weights
+    return np.stack([flat @ weights[:, c] for c in range(weights.shape[1])], axis=1)
+
+
+def _masked_max(h: np.ndarray, n_real: np.ndarray) -> np.ndarray:
+    """Return each row's maximum over its first ``n_real[row]`` positions ([rows, pos, d]).
+
+    Filling a copy's padding with -inf is faster than a masked reduction (``where=``) or a
+    per-row loop (measured per 32-row batch: 0.32 ms against 0.52 and 0.44 ms).
+    """
+    held = h.copy()
+    held[np.arange(h.shape[1])[None, :] >= n_real[:, None]] = -np.inf
+    return held.max(1)
 
 
 def _special_frame(tok: object) -> tuple[list[int], list[int]]:

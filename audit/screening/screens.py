@@ -201,11 +201,7 @@ class SpanRule:
     def effective(self, score: float, span_score: float, block: float, flag: float) -> float:
         """Return one score on the bank's scale: the larger of ``score`` and the span score
         mapped so that its flag / block thresholds land on the bank's (piecewise linear)."""
-        knots_x = [0.0, self.flag.value, self.block.value, 1.0]
-        knots_y = [0.0, flag, block, 1.0]
-        for i in range(1, 4):  # strictly increasing knots for interpolation
-            knots_x[i] = max(knots_x[i], knots_x[i - 1] + 1e-12)
-        return max(score, float(np.interp(span_score, knots_x, knots_y)))
+        return _on_bank_scale(score, span_score, self.flag.value, self.block.value, block, flag)
 
 
 @dataclass(frozen=True)
@@ -221,6 +217,58 @@ class ScreenDecision:
     scores: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SegmentRule:
+    """The primary screen's rule for texts made of several lines or paragraphs.
+
+    A harmful request set off as its own paragraph inside long benign text is diluted in every
+    window that holds it. The screener also scores each segment (a line or paragraph; runs of
+    lines are merged when a text has more than ``MAX_SEGMENTS``) as a request of its own, and
+    keeps the highest. A long benign text holds many segments, so that maximum runs higher than a
+    single request's score: the rule has thresholds of its own, set on long benign texts made
+    from the calibration split (never below the bank's), and a text is blocked when either its
+    whole-text score or its segment score reaches its threshold.
+    """
+
+    block: Threshold
+    flag: Threshold
+    n_long_benign: int
+    n_long_harmful: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "block": self.block.as_dict(),
+            "flag": self.flag.as_dict(),
+            "n_long_benign": self.n_long_benign,
+            "n_long_harmful": self.n_long_harmful,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SegmentRule:
+        return cls(
+            block=Threshold.from_dict(data["block"]),
+            flag=Threshold.from_dict(data["flag"]),
+            n_long_benign=int(data["n_long_benign"]),
+            n_long_harmful=int(data["n_long_harmful"]),
+        )
+
+    def effective(self, score: float, segment_score: float, block: float, flag: float) -> float:
+        """Return one score on the bank's scale (see ``SpanRule.effective``)."""
+        return _on_bank_scale(score, segment_score, self.flag.value, self.block.value, block, flag)
+
+
+def _on_bank_scale(
+    score: float, other: float, other_flag: float, other_block: float, block: float, flag: float
+) -> float:
+    """Return the larger of ``score`` and ``other`` mapped so that its flag / block thresholds
+    land on the bank's (piecewise linear)."""
+    knots_x = [0.0, other_flag, other_block, 1.0]
+    knots_y = [0.0, flag, block, 1.0]
+    for i in range(1, 4):  # strictly increasing knots for interpolation
+        knots_x[i] = max(knots_x[i], knots_x[i - 1] + 1e-12)
+    return max(score, float(np.interp(other, knots_x, knots_y)))
+
+
 @dataclass(frozen=True, eq=False)
 class ScreenBank:
     """Fitted screens over one backbone; ``primary`` decides, the others are reported beside it."""
@@ -233,6 +281,7 @@ class ScreenBank:
     training: TrainingInfo
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     span: SpanRule | None = None  # the primary's long-text rule (``catalog.fit_span_rule``)
+    segments: SegmentRule | None = None  # its multi-paragraph rule (``catalog.fit_segment_rule``)
 
     def __post_init__(self) -> None:
         names = [s.spec.name for s in self.screens]
@@ -439,6 +488,7 @@ def describe(bank: ScreenBank) -> dict[str, Any]:
         "version": bank.version,
         "primary": bank.primary,
         "span": None if bank.span is None else bank.span.as_dict(),
+        "segments": None if bank.segments is None else bank.segments.as_dict(),
         "fingerprint": bank.fingerprint,
         "training": asdict(bank.training),
         "screens": [

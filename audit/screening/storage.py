@@ -24,6 +24,7 @@ from audit.screening.screens import (
     Screen,
     ScreenBank,
     ScreenSpec,
+    SegmentRule,
     SpanRule,
     TrainingInfo,
 )
@@ -136,6 +137,20 @@ class SpanMeta(_Strict):
         return self
 
 
+class SegmentMeta(_Strict):
+    """A saved ``SegmentRule``: the primary screen's multi-paragraph thresholds."""
+
+    block: ThresholdMeta
+    flag: ThresholdMeta
+    n_long_benign: int = Field(ge=0)
+    n_long_harmful: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> SegmentMeta:
+        _ordered(self.block, self.flag)
+        return self
+
+
 class ScreenMeta(_Strict):
     """One screen's saved metadata: its spec, probe strength, calibration and thresholds."""
 
@@ -188,6 +203,7 @@ class BankMeta(_Strict):
     training: TrainingMeta
     screens: list[ScreenMeta] = Field(min_length=1)
     span: SpanMeta | None = None
+    segments: SegmentMeta | None = None
 
     @model_validator(mode="after")
     def _names(self) -> BankMeta:
@@ -264,6 +280,8 @@ def bank_content(bank: ScreenBank) -> BankContent:
     }
     if bank.span is not None:
         body["span"] = bank.span.as_dict()
+    if bank.segments is not None:
+        body["segments"] = bank.segments.as_dict()
     # A JSON round trip first, so the hash sees exactly what load_bank will read back.
     body = json.loads(json.dumps(body))
     version = _version(tensors, body)
@@ -416,6 +434,9 @@ def load_bank(
             training=TrainingInfo(**meta.training.model_dump()),
             created_at=meta.created_at,
             span=None if meta.span is None else SpanRule.from_dict(meta.span.model_dump()),
+            segments=(
+                None if meta.segments is None else SegmentRule.from_dict(meta.segments.model_dump())
+            ),
         )
     except (TypeError, KeyError, InvalidInputError) as exc:
         raise CorruptArtifactError(f"Screen bank {folder} is inconsistent: {exc}. {fix}") from exc

@@ -222,6 +222,11 @@ def test_burial_hides_the_prompt_in_2000_to_6000_benign_characters() -> None:
     again = make_transforms(HARMFUL, BENIGN, seed=7)
     assert sets == again
     assert sets["burial"].benign is not None and len(sets["burial"].benign) == len(HARMFUL)
+    inline = sets["burial_inline"]
+    assert inline.benign is not None and len(inline.benign) == len(HARMFUL)
+    assert all("\n" not in t for t in (*inline.harmful, *inline.benign))
+    assert all(p in t for p, t in zip(HARMFUL, inline.harmful, strict=True))
+    assert all("\n\n" in t for t in sets["burial"].harmful)
     assert sets["framing"].details and all(d in dict(FRAMINGS) for d in sets["framing"].details)
     assert make_transforms(HARMFUL, BENIGN, seed=8)["typos"].harmful != sets["typos"].harmful
     with pytest.raises(InvalidInputError, match="Unknown robustness transform"):
@@ -347,8 +352,9 @@ def test_cli_end_to_end_writes_the_report(fitted, same_backbone, tmp_path) -> No
     )
     rob = b["robustness"]
     assert rob["n_harmful"] == 4
-    assert {r["transform"] for r in rob["rows"]} == {"none", "framing", "typos", "burial"}
-    assert len(rob["rows"]) == 4 * len(b["scorers"])
+    transforms = {"none", "framing", "typos", "burial", "burial_inline"}
+    assert {r["transform"] for r in rob["rows"]} == transforms
+    assert len(rob["rows"]) == len(transforms) * len(b["scorers"])
     burial = next(r for r in rob["rows"] if r["transform"] == "burial")
     assert burial["n_benign"] == 4 and set(burial["drop"]) == {
         "auroc",

@@ -263,7 +263,7 @@ def test_verify_names_a_removed_record(filled: SQLiteAuditLog, db: Path) -> None
     _raw(db, "DELETE FROM entries WHERE seq = 3")
     result = filled.verify()
     assert not result.ok and result.first_bad_seq == 3
-    assert "seq 3 missing" in str(result.problem) and "removed" in str(result.problem)
+    assert "seq 3 is missing" in str(result.problem) and "removed" in str(result.problem)
 
 
 def test_verify_detects_a_removed_first_record(filled: SQLiteAuditLog, db: Path) -> None:

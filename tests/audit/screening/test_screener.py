@@ -177,3 +177,61 @@ def test_span_rule_reads_buried_passages_and_leaves_short_texts_alone(
     folder = save_bank(spanned, tmp_path / "bank")
     loaded = load_bank(folder, backbone)
     assert loaded.span == rule and loaded.version == spanned.version != screen_bank.version
+
+
+def test_split_segments_reads_lines_and_bounds_their_number():
+    from audit.screening.screener import split_segments
+
+    assert split_segments("one line only") == []
+    assert split_segments("first\n\n  second \r\nthird\u2028fourth") == [
+        "first",
+        "second",
+        "third",
+        "fourth",
+    ]
+    many = "\n".join(f"line {i}" for i in range(10))
+    merged = split_segments(many, max_segments=4)
+    assert len(merged) == 4 and " ".join(merged) == " ".join(f"line {i}" for i in range(10))
+
+
+def test_segment_rule_catches_a_request_buried_as_its_own_paragraph(
+    backbone, screen_bank, screener, sample, tmp_path
+):
+    from audit.screening import load_bank, save_bank
+    from audit.screening.catalog import default_training_data, fit_segment_rule
+
+    _, calibration = default_training_data(max_train=400, max_calibration=300)
+    ruled = fit_segment_rule(backbone, screen_bank, calibration, n_long=40, chars=(600, 1500))
+    rule, primary = ruled.segments, screen_bank.screen(screen_bank.primary)
+    assert rule is not None and rule.n_long_benign == 40 and rule.block.n_benign == 40
+    assert rule.block.value >= primary.block.value and rule.flag.value <= rule.block.value
+    with_rule = Screener(backbone, ruled)
+    # One-line texts decide exactly as before, with no extra forward pass.
+    one_line = [t for t in sample.texts[:24] if "\n" not in t]
+    before_passes = with_rule.n_forward_passes
+    plain_results, ruled_results = screener.screen(one_line), with_rule.screen(one_line)
+    assert with_rule.n_forward_passes - before_passes == 1
+    assert [r.action for r in plain_results] == [r.action for r in ruled_results]
+    assert all(r.segment_score is None for r in ruled_results)
+    # A harmful request set off as its own paragraph inside long benign text: the whole-text read
+    # dilutes it; its own segment does not.
+    benign = load_requests(["gsm8k", "bbq"], split="evaluation").subsample(30, seed=2).texts
+    paragraphs = [" ".join(t.split()) for t in benign]
+    buried = "\n\n".join([*paragraphs[:18], HARMFUL, *paragraphs[18:]])
+    [before], [after] = screener.screen([buried]), with_rule.screen([buried])
+    assert after.segment_score is not None and after.segment_score > before.score
+    # The segment's score, mapped onto the bank's scale through the rule's long-text thresholds
+    # (set here on 40 texts only, so its block threshold sits at their maximum), raises the
+    # decision from allow.
+    assert before.action == "allow" and after.action in ("flag", "block"), (
+        before.score,
+        after.score,
+    )
+    assert after.score == pytest.approx(
+        rule.effective(before.score, after.segment_score, primary.block.value, primary.flag.value)
+    )
+    words = {w.strip(".,").lower() for w in HARMFUL.split()}
+    assert any(tok.lstrip("#").lower() in words for tok, _ in after.top_tokens[:3])
+    folder = save_bank(ruled, tmp_path / "bank")
+    loaded = load_bank(folder, backbone)
+    assert loaded.segments == rule and loaded.version == ruled.version != screen_bank.version
