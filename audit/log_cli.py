@@ -1,6 +1,7 @@
 """``audit log ...``: verify, browse and export the tamper-evident audit log of screening decisions.
 
-The log is ``<AUDIT_HOME>/screening/audit_log.sqlite3`` unless ``--db`` says otherwise; its MAC
+The log is ``<AUDIT_HOME>/screening/audit_log.sqlite3`` unless ``--db`` says otherwise, or the
+PostgreSQL database of ``--database-url`` (env ``AUDIT_DATABASE_URL``) that server replicas share; its MAC
 key is ``AUDIT_LOG_KEY`` (hex) or ``<AUDIT_HOME>/screening/log.key`` unless ``--key-file`` says
 otherwise. Reading commands never create a log or a key. Every command has ``--help``; ``verify``
 and ``show`` take ``--json``. User errors are one line and exit 1; ``verify`` exits 1 when the log
@@ -21,7 +22,7 @@ from audit.cli_common import friendly as _friendly
 from audit.errors import AuditError
 
 if TYPE_CHECKING:
-    from audit.screening.log import SQLiteAuditLog
+    from audit.screening.log import SQLAuditLog
 
 
 log: click.Group = click.Group(
@@ -37,6 +38,17 @@ def _db_option(fn: Any) -> Any:
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
         help="The log file (default: <AUDIT_HOME>/screening/audit_log.sqlite3).",
+    )(fn)
+
+
+def _url_option(fn: Any) -> Any:
+    return click.option(
+        "--database-url",
+        "database_url",
+        envvar="AUDIT_DATABASE_URL",
+        default=None,
+        help="Read the log from this PostgreSQL database (postgresql://...; env "
+        "AUDIT_DATABASE_URL) instead of the SQLite file.",
     )(fn)
 
 
@@ -82,9 +94,25 @@ def _filter_options(fn: Any) -> Any:
     return fn
 
 
-def _open(db: Path | None, key_file: Path | None, *, need_key: bool) -> SQLiteAuditLog:
+def _open(
+    db: Path | None, key_file: Path | None, *, need_key: bool, database_url: str | None = None
+) -> SQLAuditLog:
     """Open an existing log (never create one); load its key, never create one, if needed."""
     from audit.screening.log import SQLiteAuditLog, default_log_path, load_key
+
+    if database_url is not None:
+        from audit.db import is_database_url, redact_url
+        from audit.screening.log_pg import PostgresAuditLog
+
+        if db is not None:
+            raise AuditError("Give either --db (a SQLite log) or --database-url, not both.")
+        if not is_database_url(database_url):
+            raise AuditError(
+                f"--database-url must be a postgresql:// URL. Got {redact_url(database_url)!r}."
+            )
+        return PostgresAuditLog(
+            database_url, key=load_key(key_file) if need_key else None, key_path=key_file
+        )
 
     path = db.expanduser() if db is not None else default_log_path()
     if not path.is_file():
@@ -120,6 +148,7 @@ def _read_heads(path: Path) -> list[dict[str, Any]]:
 
 @log.command("verify")
 @_db_option
+@_url_option
 @_key_option
 @click.option(
     "--heads",
@@ -130,16 +159,22 @@ def _read_heads(path: Path) -> list[dict[str, Any]]:
 )
 @_json_option
 @_friendly
-def verify(db: Path | None, key_file: Path | None, heads_file: Path | None, as_json: bool) -> None:
+def verify(
+    db: Path | None,
+    database_url: str | None,
+    key_file: Path | None,
+    heads_file: Path | None,
+    as_json: bool,
+) -> None:
     """Check every entry's hash link and MAC (and the exported heads); exit 1 unless intact."""
     heads = _read_heads(heads_file) if heads_file is not None else []
-    audit_log = _open(db, key_file, need_key=True)
+    audit_log = _open(db, key_file, need_key=True, database_url=database_url)
     try:
         result = audit_log.verify(heads=heads)
     finally:
         audit_log.close()
     if as_json:
-        _emit_json({**result.to_dict(), "db": str(audit_log.path), "n_heads": len(heads)})
+        _emit_json({**result.to_dict(), "db": audit_log.location, "n_heads": len(heads)})
     elif result.ok:
         head = result.head
         where = f"; head seq {head['seq']} {head['entry_hash']}" if head else ""
@@ -154,12 +189,14 @@ def verify(db: Path | None, key_file: Path | None, heads_file: Path | None, as_j
 
 @log.command("show")
 @_db_option
+@_url_option
 @_filter_options
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=0))
 @_json_option
 @_friendly
 def show(
     db: Path | None,
+    database_url: str | None,
     tenant_id: str | None,
     decision: str | None,
     screen: str | None,
@@ -178,7 +215,7 @@ def show(
         "since": since,
         "until": until,
     }
-    audit_log = _open(db, None, need_key=False)
+    audit_log = _open(db, None, need_key=False, database_url=database_url)
     try:
         entries = audit_log.query(limit=limit, **filters)
         total = audit_log.count(**filters)
@@ -202,6 +239,7 @@ def show(
 
 @log.command("export")
 @_db_option
+@_url_option
 @click.option(
     "--csv",
     "csv_path",
@@ -213,6 +251,7 @@ def show(
 @_friendly
 def export(
     db: Path | None,
+    database_url: str | None,
     csv_path: Path,
     tenant_id: str | None,
     decision: str | None,
@@ -224,7 +263,7 @@ def export(
     """Export the matching decisions as CSV, one row per record."""
     from audit.screening.log import export_csv
 
-    audit_log = _open(db, None, need_key=False)
+    audit_log = _open(db, None, need_key=False, database_url=database_url)
     try:
         n = export_csv(
             audit_log,
@@ -243,6 +282,7 @@ def export(
 
 @log.command("export-head")
 @_db_option
+@_url_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -251,17 +291,17 @@ def export(
     "Default: print the line on stdout.",
 )
 @_friendly
-def export_head(db: Path | None, out: Path | None) -> None:
+def export_head(db: Path | None, database_url: str | None, out: Path | None) -> None:
     """Export the chain head (seq, entry_hash, mac, time) to check the log against later."""
     from datetime import UTC, datetime
 
-    audit_log = _open(db, None, need_key=False)
+    audit_log = _open(db, None, need_key=False, database_url=database_url)
     try:
         head = audit_log.export_head()
     finally:
         audit_log.close()
     if head is None:
-        raise AuditError(f"The audit log {str(audit_log.path)!r} is empty: no head to export.")
+        raise AuditError(f"The audit log {audit_log.location!r} is empty: no head to export.")
     line = json.dumps({**head, "exported_at": datetime.now(UTC).isoformat()}, sort_keys=True)
     if out is None:
         click.echo(line)

@@ -14,7 +14,7 @@ from audit.api.settings import ApiSettings
 _SCALARS: dict[Any, type] = {int: int, float: float}
 
 
-def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add one option per ApiSettings field (``--max-text-chars``...), defaults and help included."""
     for name, field in reversed(ApiSettings.model_fields.items()):
         fn = click.option(
@@ -45,7 +45,7 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     default=None,
     help="Cut texts to this many tokens (default: the model's context).",
 )
-@_settings_options
+@settings_options
 @click.option(
     "--screening/--no-screening",
     default=True,
@@ -62,6 +62,14 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     "--retain-text",
     is_flag=True,
     help="Keep request texts in the audit log (default: only their sha256).",
+)
+@click.option(
+    "--database-url",
+    envvar="AUDIT_DATABASE_URL",
+    default=None,
+    help="Keep the tenant registry and the audit log in this PostgreSQL database "
+    "(postgresql://user:password@host:5432/dbname; env AUDIT_DATABASE_URL), shared by every "
+    "replica started with it. Default: SQLite files under AUDIT_HOME.",
 )
 @click.option(
     "--log-level",
@@ -86,6 +94,7 @@ def serve(
     screening: bool,
     screens_version: str | None,
     retain_text: bool,
+    database_url: str | None,
     **limits: Any,
 ) -> None:
     """Serve the tenant HTTP API: keys, corpora, head training, batched, screened predictions.
@@ -94,12 +103,17 @@ def serve(
     (without it they answer 503). Requests are screened with the latest fitted screen bank of
     the backbone (the default screens are fitted on first start) and every decision is written
     to the audit log (`audit log verify`). Routes are documented at http://HOST:PORT/docs.
+
+    With --database-url the registry and the audit log live in PostgreSQL, so several replicas
+    (processes or machines, one shared AUDIT_HOME folder) serve the same tenants and append to
+    one hash chain.
     """
     import uvicorn
     from pydantic import ValidationError
 
     from audit.api import create_app
     from audit.api.app import ADMIN_KEY_ENV
+    from audit.db import is_database_url, redact_url
     from audit.errors import AuditError
     from audit.storage_faults import check_writable
     from probes.backbone import Backbone
@@ -122,6 +136,11 @@ def serve(
         backbone = Backbone.load(backbone_spec, device=device, max_length=max_length)
     except (ProbesError, AuditError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if database_url is not None and not is_database_url(database_url):
+        raise click.UsageError(
+            f"--database-url must be a postgresql:// URL. Got {redact_url(database_url)!r}; "
+            "leave it out to keep the registry and the log in SQLite under AUDIT_HOME."
+        )
     if not os.environ.get(ADMIN_KEY_ENV):
         click.echo(
             f"warning: {ADMIN_KEY_ENV} is not set, so the owner routes (creating tenants) "
@@ -147,12 +166,14 @@ def serve(
         screening=screening,
         bank=bank,
         retain_text=retain_text,
+        database_url=database_url,
     )
     if as_json:
         info = {
             "url": f"http://{host}:{port}",
             "backbone": {"name": backbone.name, "fingerprint": backbone.fingerprint},
             "settings": settings.model_dump(),
+            "database": None if database_url is None else redact_url(database_url),
             "screening": None
             if bank is None
             else {"version": bank.version, "primary": bank.primary},

@@ -41,9 +41,14 @@ def _json_option(fn: Any) -> Any:
 
 
 def _registry() -> Registry:
-    from audit.tenants.registry import Registry
+    """Return the registry under audit_home() (read now), or in the PostgreSQL database that
+    AUDIT_DATABASE_URL names (the one `audit serve --database-url` replicas share)."""
+    import os
 
-    return Registry()  # under audit_home(), read now
+    from audit.db import DATABASE_URL_ENV
+    from audit.tenants.registry import open_registry
+
+    return open_registry(os.environ.get(DATABASE_URL_ENV) or None)
 
 
 @functools.lru_cache(maxsize=2)

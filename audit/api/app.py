@@ -20,7 +20,7 @@ from audit.api.settings import ApiSettings
 from audit.api.state import ApiState, get_state, key_digest
 from audit.screening.catalog import latest_bank, load_or_fit_bank
 from audit.screening.gate import ScreeningGate
-from audit.screening.log import SQLiteAuditLog, load_or_create_key
+from audit.screening.log import AuditLog, SQLiteAuditLog, load_or_create_key
 from audit.screening.screener import Screener
 from audit.screening.screens import ScreenBank
 from audit.tenants.registry import REGISTRY_FILENAME, Registry
@@ -53,6 +53,7 @@ def create_app(
     bank: ScreenBank | None = None,
     screens_version: str | None = None,
     retain_text: bool = False,
+    database_url: str | None = None,
 ) -> FastAPI:
     """Return the HTTP API app; its lifespan opens the registry, recovers jobs, starts the engine.
 
@@ -62,6 +63,12 @@ def create_app(
     screened by ``bank`` (default: the backbone's latest fitted bank, or ``screens_version``;
     the default screens are fitted on first start) and each decision goes to the audit log
     under ``<home>/screening/``; ``retain_text`` keeps request texts in the log.
+
+    ``database_url`` (``postgresql://...``) puts the registry and the audit log in that
+    PostgreSQL database, so that several replicas share them: start each replica with the same
+    URL and the same ``home`` (shared by filesystem: tenants' corpora and heads, the activation
+    store and the screen banks stay there, and so does the log's key, ``screening/log.key``,
+    unless AUDIT_LOG_KEY is set).
     """
     settings = settings or ApiSettings()
     key = admin_key if admin_key is not None else os.environ.get(ADMIN_KEY_ENV)
@@ -85,11 +92,14 @@ def create_app(
                 logger.info("fitted the default screens: bank %s", chosen.version)
         screener = Screener(model, chosen, max_chars=settings.max_text_chars)
         folder = root / "screening"
-        log = SQLiteAuditLog(
-            folder / "audit_log.sqlite3",
-            key=load_or_create_key(folder / "log.key"),
-            retain_text=retain_text,
-        )
+        log_key = load_or_create_key(folder / "log.key")
+        log: AuditLog
+        if database_url is not None:
+            from audit.screening.log_pg import PostgresAuditLog
+
+            log = PostgresAuditLog(database_url, key=log_key, retain_text=retain_text)
+        else:
+            log = SQLiteAuditLog(folder / "audit_log.sqlite3", key=log_key, retain_text=retain_text)
         logger.info("screening with bank %s (primary %s)", chosen.version, chosen.primary)
         return ScreeningGate(
             screener, log, retain_text=retain_text, tenant_flags_path=folder / "tenant_flags.json"
@@ -103,7 +113,9 @@ def create_app(
             if backbone is not None
             else await run_in_threadpool(Backbone.load, DEFAULT_BACKBONE)
         )
-        registry = Registry(root / REGISTRY_FILENAME)
+        registry = await run_in_threadpool(
+            lambda: Registry(root / REGISTRY_FILENAME, database_url=database_url)
+        )
         try:
             registry.recover_interrupted()
             engine = InferenceEngine(

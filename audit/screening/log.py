@@ -15,6 +15,10 @@ appended to an :class:`AuditLog`. The SQLite implementation (:class:`SQLiteAudit
 * indexed copies of ``time``, ``tenant_id``, ``decision``, ``screen``, ``kind`` and
   ``decision_id`` for filtering (verification checks they agree with the signed body).
 
+:class:`audit.screening.log_pg.PostgresAuditLog` keeps the same rows in a PostgreSQL database,
+for server replicas that share one chain; both are :class:`SQLAuditLog`, which holds the
+chaining, signing, reading and verifying they share.
+
 Truncating the tail of a chain, or a rewrite by someone who holds the key, leaves a consistent
 chain: export the chain head (:meth:`AuditLog.export_head`, ``audit log export-head``) now and
 then to a file kept elsewhere, and pass those heads to :meth:`AuditLog.verify`.
@@ -52,8 +56,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol, get_args, runtime_checkable
+from typing import IO, Any, Literal, Protocol, Self, get_args, runtime_checkable
 
+from audit.db import DBConnection, begin_write, database_errors, integrity_errors
 from audit.sqlite_db import connect, create_schema, rollback
 from probes.errors import CorruptArtifactError, InvalidInputError
 from probes.home import audit_home
@@ -72,6 +77,7 @@ KEY_BYTES = 32
 LOG_FILENAME = "audit_log.sqlite3"
 KEY_FILENAME = "log.key"
 BUSY_TIMEOUT_MS = 30_000
+APPEND_LOCK = "audit log append"
 _VERIFY_BATCH = 1000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEY_ID_LABEL = b"alignment-audit screening log key id"
@@ -593,29 +599,28 @@ def _connect(path: Path) -> sqlite3.Connection:
     )
 
 
-class SQLiteAuditLog:
-    """The decision log in one SQLite file (WAL, ``synchronous=FULL``); see the module docstring.
+class SQLAuditLog:
+    """The decision log as SQL tables, whatever the database; see the module docstring.
+
+    :class:`SQLiteAuditLog` (one file) and :class:`audit.screening.log_pg.PostgresAuditLog` (a
+    PostgreSQL database) are its two kinds: they open the connection and stream rows for
+    :meth:`verify`; everything else (chaining, signing, reading, verifying) is this class's.
 
     ``key`` is the MAC key (default: :func:`load_or_create_key` at ``key_path``, read when first
     needed, so reading entries never needs it). ``retain_text=False`` strips every record's text
-    before it is written, whatever the caller put there.
-
-    One connection serves every thread, serialised by a lock; several processes may open the same
-    file: each batch is chained inside a ``BEGIN IMMEDIATE`` transaction, so concurrent writers
-    queue up instead of forking the chain. :meth:`verify` reads on a connection of its own, in
-    batches, so it neither loads the log into memory nor blocks appends.
+    before it is written, whatever the caller put there. One connection serves every thread,
+    serialised by a lock; each batch is chained inside a write transaction that excludes every
+    other writer (:func:`audit.db.begin_write`), so concurrent writers queue up instead of
+    forking the chain.
     """
 
     def __init__(
         self,
-        path: str | Path | None = None,
         key: bytes | None = None,
         retain_text: bool = False,
         *,
         key_path: str | Path | None = None,
     ) -> None:
-        self.path = Path(path).expanduser() if path is not None else default_log_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retain_text = retain_text
         if key is not None and (not isinstance(key, bytes) or len(key) < KEY_BYTES):
             raise AuditKeyError(
@@ -625,41 +630,32 @@ class SQLiteAuditLog:
         self._key = key
         self._key_path = key_path
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = self._open()
+        self._conn: DBConnection | None = self._open()
 
     # -- connection --------------------------------------------------------------------------
-    def _open(self) -> sqlite3.Connection:
-        try:
-            conn = _connect(self.path)
-        except sqlite3.DatabaseError as exc:
-            raise self._damaged(exc) from exc
-        try:
-            create_schema(conn, _SCHEMA, LOG_SCHEMA_VERSION, self._refuse_version)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise self._damaged(exc) from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    @property
+    def location(self) -> str:
+        """Where the log lives, for messages: a file path or a database URL without password."""
+        raise NotImplementedError
 
-    def _damaged(self, exc: Exception) -> AuditLogError:
-        return AuditLogError(
-            f"Cannot open the audit log {str(self.path)!r}: {exc}. Point --db (or the path) at a "
-            "valid log, or move the damaged file aside (keep it as evidence) to start a new one."
-        )
+    def _open(self) -> DBConnection:
+        raise NotImplementedError
+
+    def _stream(self) -> Iterator[Any]:
+        """Yield every entry row in seq order, on a connection of its own, in batches."""
+        raise NotImplementedError
 
     def _refuse_version(self, found: str) -> None:
         raise AuditLogError(
-            f"The audit log {str(self.path)!r} has schema_version {found!r}, but this "
+            f"The audit log {self.location!r} has schema_version {found!r}, but this "
             f"code reads schema_version {LOG_SCHEMA_VERSION} or older. Upgrade the "
-            "alignment-audit package, or point --db at another file."
+            "alignment-audit package, or point --db at another log."
         )
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> DBConnection:
         if self._conn is None:
             raise AuditLogError(
-                f"The audit log {str(self.path)!r} is closed; open a new SQLiteAuditLog."
+                f"The audit log {self.location!r} is closed; open a new {type(self).__name__}."
             )
         return self._conn
 
@@ -677,7 +673,7 @@ class SQLiteAuditLog:
                 self._conn.close()
                 self._conn = None
 
-    def __enter__(self) -> SQLiteAuditLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -707,14 +703,14 @@ class SQLiteAuditLog:
         entries: list[LogEntry] = []
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
+            begin_write(conn, APPEND_LOCK)
             try:
                 row = conn.execute("SELECT value FROM meta WHERE key = 'key_id'").fetchone()
                 if row is None:
                     conn.execute("INSERT INTO meta (key, value) VALUES ('key_id', ?)", (my_key_id,))
                 elif row["value"] != my_key_id:
                     raise AuditLogError(
-                        f"The audit log {str(self.path)!r} is signed with the key of id "
+                        f"The audit log {self.location!r} is signed with the key of id "
                         f"{row['value']}, but the key in use has id {my_key_id}. Restore the log's "
                         f"key file or set {KEY_ENV} to it; a new key needs a new log file."
                     )
@@ -746,7 +742,7 @@ class SQLiteAuditLog:
                     entries.append(entry)
                     prev = digest
                 conn.execute("COMMIT")
-            except sqlite3.IntegrityError as exc:
+            except integrity_errors() as exc:
                 rollback(conn)
                 raise InvalidInputError(
                     f"A decision_id in this batch is already in the audit log ({exc}). Give each "
@@ -796,13 +792,13 @@ class SQLiteAuditLog:
             params.append(int(before_seq))
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
-    def _entry(self, row: sqlite3.Row) -> LogEntry:
+    def _entry(self, row: Any) -> LogEntry:
         try:
             data = json.loads(row["body"])
             record = DecisionRecord.from_dict(data["record"])
         except (ValueError, KeyError, TypeError) as exc:
             raise AuditLogError(
-                f"The audit log entry seq {row['seq']} in {str(self.path)!r} cannot be read "
+                f"The audit log entry seq {row['seq']} in {self.location!r} cannot be read "
                 f"({exc}); run `audit log verify` to see what was damaged."
             ) from exc
         return LogEntry(row["seq"], row["prev_hash"], row["entry_hash"], row["mac"], record)
@@ -923,15 +919,6 @@ class SQLiteAuditLog:
             return None
         return str(row[0]), str(row[1])
 
-    def _stream(self) -> Iterator[sqlite3.Row]:
-        conn = _connect(self.path)
-        try:
-            cursor = conn.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY seq")
-            while rows := cursor.fetchmany(_VERIFY_BATCH):
-                yield from rows
-        finally:
-            conn.close()
-
     def verify(self, heads: Sequence[Mapping[str, Any]] = ()) -> VerifyResult:
         """Check every entry in seq order and each exported head; name the first fault found.
 
@@ -952,7 +939,7 @@ class SQLiteAuditLog:
                     break
             else:
                 verifier.finish()
-        except sqlite3.DatabaseError as exc:
+        except database_errors() as exc:
             verifier.fail(
                 verifier.expected,
                 f"The log file cannot be read past seq {verifier.expected - 1}: {exc}.",
@@ -977,6 +964,67 @@ class SQLiteAuditLog:
                 .fetchone()
             )
         return None if row is None else str(row["value"])
+
+
+class SQLiteAuditLog(SQLAuditLog):
+    """The decision log in one SQLite file (WAL, ``synchronous=FULL``); see the module docstring.
+
+    ``key`` is the MAC key (default: :func:`load_or_create_key` at ``key_path``, read when first
+    needed, so reading entries never needs it). ``retain_text=False`` strips every record's text
+    before it is written, whatever the caller put there.
+
+    One connection serves every thread, serialised by a lock; several processes may open the same
+    file: each batch is chained inside a ``BEGIN IMMEDIATE`` transaction, so concurrent writers
+    queue up instead of forking the chain. :meth:`verify` reads on a connection of its own, in
+    batches, so it neither loads the log into memory nor blocks appends.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        key: bytes | None = None,
+        retain_text: bool = False,
+        *,
+        key_path: str | Path | None = None,
+    ) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_log_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(key, retain_text, key_path=key_path)
+
+    @property
+    def location(self) -> str:
+        """The log file's path."""
+        return str(self.path)
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = _connect(self.path)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
+        try:
+            create_schema(conn, _SCHEMA, LOG_SCHEMA_VERSION, self._refuse_version)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise self._damaged(exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _damaged(self, exc: Exception) -> AuditLogError:
+        return AuditLogError(
+            f"Cannot open the audit log {str(self.path)!r}: {exc}. Point --db (or the path) at a "
+            "valid log, or move the damaged file aside (keep it as evidence) to start a new one."
+        )
+
+    def _stream(self) -> Iterator[sqlite3.Row]:
+        conn = _connect(self.path)
+        try:
+            cursor = conn.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY seq")
+            while rows := cursor.fetchmany(_VERIFY_BATCH):
+                yield from rows
+        finally:
+            conn.close()
 
 
 def _parse_heads(heads: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
@@ -1020,7 +1068,7 @@ class _Verifier:
         self.bad_seq, self.problem = seq, problem
         return False
 
-    def check(self, row: sqlite3.Row) -> bool:
+    def check(self, row: Any) -> bool:
         """Return True if the row is intact (and remember it), else record the fault."""
         seq = row["seq"]
         try:
@@ -1241,6 +1289,7 @@ __all__ = [
     "AuditLogError",
     "DecisionRecord",
     "LogEntry",
+    "SQLAuditLog",
     "SQLiteAuditLog",
     "VerifyResult",
     "canonical_json",

@@ -1,8 +1,15 @@
 """The persistent tenant registry: tenants, API keys, corpora, heads, training jobs and exports.
 
-One SQLite file (``<AUDIT_HOME>/registry.sqlite3`` by default) holds the rows; each tenant's files
-(corpus texts, head weights) live under ``<registry folder>/tenants/<tenant_id>/``. API keys are
-stored only as SHA-256 digests: the plaintext is handed out once and never written anywhere.
+One SQLite file (``<AUDIT_HOME>/registry.sqlite3`` by default) holds the rows, or, when several
+server replicas share the registry, a PostgreSQL database (``database_url``; the tables live in
+its schema ``audit_registry``). Each tenant's files (corpus texts, head weights) live under
+``<registry folder>/tenants/<tenant_id>/`` either way, a folder replicas share by filesystem.
+API keys are stored only as SHA-256 digests: the plaintext is handed out once and never written
+anywhere.
+
+Every training job records its owner (``host:pid:token`` of the process that created it) and a
+heartbeat the owner refreshes while it lives; :meth:`Registry.recover_interrupted` fails only
+the jobs whose owner is gone, so one replica starting never kills another's training.
 """
 
 from __future__ import annotations
@@ -11,21 +18,33 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
+from audit.db import (
+    DBConnection,
+    PgConnection,
+    begin_write,
+    create_schema,
+    is_database_url,
+    is_postgres,
+    redact_url,
+    rollback,
+)
 from audit.errors import AuditError
-from audit.sqlite_db import connect, create_schema, rollback
+from audit.sqlite_db import connect
 from probes.home import audit_home
 
 logger = logging.getLogger(__name__)
@@ -38,6 +57,10 @@ MAX_NAME_CHARS = 200
 BUSY_TIMEOUT_MS = 10_000
 JOB_STATUSES = ("queued", "running", "done", "failed")
 HEAD_STATUSES = ("training", "ready", "failed")
+PG_SCHEMA = "audit_registry"
+JOB_LEASE_S = 120.0
+HEARTBEAT_S = 20.0
+_WRITE_LOCK = "registry"
 INTERRUPTED_ERROR = (
     "interrupted: the server stopped before training finished; submit the head again"
 )
@@ -73,7 +96,7 @@ _SCHEMA = (
         tenant_id TEXT NOT NULL REFERENCES tenants(tenant_id) ON DELETE CASCADE,
         head_id TEXT NOT NULL REFERENCES heads(head_id) ON DELETE CASCADE,
         status TEXT NOT NULL, progress REAL NOT NULL, metrics TEXT NOT NULL, error TEXT,
-        created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, owner TEXT, heartbeat_at TEXT)""",
     # No foreign key: export records are an audit trail and outlive the tenant.
     """CREATE TABLE IF NOT EXISTS exports (
         export_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, corpus_id TEXT NOT NULL,
@@ -87,6 +110,10 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status)",
     "CREATE INDEX IF NOT EXISTS exports_by_tenant ON exports(tenant_id)",
 )
+# Columns added after schema_version 1 shipped: added in place to older files, all nullable.
+_ADDED_COLUMNS = (("jobs", "owner", "TEXT"), ("jobs", "heartbeat_at", "TEXT"))
+# PostgreSQL has no implicit rowid: the tables listed in insertion order get one.
+_ROWID_TABLES = ("tenants", "corpora", "heads", "exports")
 
 
 class RegistryError(AuditError):
@@ -231,32 +258,37 @@ def _dump_json(value: object, what: str) -> str:
         ) from exc
 
 
-def _record(cls: type[_R], row: sqlite3.Row, **decoded: object) -> _R:
-    """Return the dataclass ``cls`` built from a row whose columns are named like its fields."""
-    return cls(**{**dict(zip(row.keys(), tuple(row), strict=True)), **decoded})
+def _record(cls: type[_R], row: Any, **decoded: object) -> _R:
+    """Return the dataclass ``cls`` built from a row whose columns are named like its fields.
+
+    Columns that are not fields (a job's owner and heartbeat, PostgreSQL's rowid) are skipped.
+    """
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    values = {k: v for k, v in zip(row.keys(), tuple(row), strict=True) if k in names}
+    return cls(**{**values, **decoded})
 
 
-def _tenant(row: sqlite3.Row) -> Tenant:
+def _tenant(row: Any) -> Tenant:
     return _record(Tenant, row, export_allowed=bool(row["export_allowed"]))
 
 
-def _corpus(row: sqlite3.Row) -> Corpus:
+def _corpus(row: Any) -> Corpus:
     return _record(Corpus, row, label_names=tuple(json.loads(row["label_names"])))
 
 
-def _head(row: sqlite3.Row) -> HeadRecord:
+def _head(row: Any) -> HeadRecord:
     return _record(HeadRecord, row, meta=json.loads(row["meta"]))
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: Any) -> Job:
     return _record(Job, row, progress=float(row["progress"]), metrics=json.loads(row["metrics"]))
 
 
-def _export(row: sqlite3.Row) -> ExportRecord:
+def _export(row: Any) -> ExportRecord:
     return _record(ExportRecord, row)
 
 
-def _insert(conn: sqlite3.Connection, table: str, record: object, **encoded: object) -> None:
+def _insert(conn: DBConnection, table: str, record: object, **encoded: object) -> None:
     """Insert a dataclass as one row; ``encoded`` replaces fields stored as JSON text."""
     # Table and column names come from this module's own dataclasses, never from a caller.
     values = {f.name: getattr(record, f.name) for f in fields(record)} | encoded  # type: ignore[arg-type]
@@ -266,25 +298,78 @@ def _insert(conn: sqlite3.Connection, table: str, record: object, **encoded: obj
     )
 
 
+def new_owner_id() -> str:
+    """Return a fresh job-owner id for this process: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _owner_is_gone(owner: str | None, heartbeat_at: str | None, cutoff: str) -> bool:
+    """Return whether a job's owner is known dead: no owner, a stale heartbeat, or a dead pid."""
+    if not owner or not heartbeat_at or heartbeat_at < cutoff:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine: only its heartbeat can tell
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
+
+
 class Registry:
-    """The SQLite-backed registry of tenants and what they own; safe to share between threads.
+    """The registry of tenants and what they own, in SQLite or PostgreSQL; thread-safe.
+
+    ``path`` is the SQLite file (default ``<AUDIT_HOME>/registry.sqlite3``); tenants' files live
+    in ``<its folder>/tenants/``. With ``database_url`` (``postgresql://...``) the rows go to
+    that database instead and ``path`` only places the tenants' folder.
 
     One connection serves every thread, serialised by a lock: the HTTP server calls in from
-    several threads, and SQLite writes are serial anyway. WAL mode and a busy timeout let a second
-    process (the CLI next to a running server) read and write the same file.
+    several threads. Writes exclude one another across processes (SQLite's write lock, or a
+    PostgreSQL advisory lock), so several processes, or several machines on PostgreSQL, can
+    share one registry. On PostgreSQL a background thread refreshes, every ``heartbeat_s``
+    seconds, the heartbeat of the unfinished jobs this process owns.
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        database_url: str | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
         self.path = (
             Path(path).expanduser() if path is not None else audit_home() / REGISTRY_FILENAME
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.database_url = database_url
+        self.owner_id = new_owner_id()
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = self._open()
+        self._conn: DBConnection | None = self._open()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        if database_url is not None:
+            self._heartbeat = threading.Thread(
+                target=self._beat, args=(heartbeat_s,), name="registry-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+
+    @property
+    def location(self) -> str:
+        """Where the rows live, for messages: the SQLite path or the URL without password."""
+        return redact_url(self.database_url) if self.database_url else str(self.path)
 
     # -- connection --------------------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> DBConnection:
+        if self.database_url is not None:
+            return self._open_postgres(self.database_url)
         try:  # a damaged file can fail as early as the journal-mode pragma
             conn = connect(
                 self.path,
@@ -295,6 +380,7 @@ class Registry:
             raise self._damaged(exc) from exc
         try:
             create_schema(conn, _SCHEMA, SCHEMA_VERSION, self._refuse_version)
+            self._add_columns(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise self._damaged(exc) from exc
@@ -302,6 +388,47 @@ class Registry:
             conn.close()
             raise
         return conn
+
+    def _open_postgres(self, url: str) -> PgConnection:
+        import psycopg
+
+        conn = PgConnection(url, schema=PG_SCHEMA)
+        try:
+            create_schema(
+                conn, _SCHEMA, SCHEMA_VERSION, self._refuse_version, lock_name=_WRITE_LOCK
+            )
+            self._add_columns(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise RegistryError(
+                f"Cannot open the tenant registry in {self.location!r}: {str(exc).strip()}. "
+                "Check that the URL's user may create tables in the database, or point "
+                "--database-url at another database."
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _add_columns(conn: DBConnection) -> None:
+        """Add the columns newer than the file (idempotent), and PostgreSQL's rowids."""
+        begin_write(conn, _WRITE_LOCK)
+        try:
+            if is_postgres(conn):
+                for table, column, kind in _ADDED_COLUMNS:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+                for table in _ROWID_TABLES:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS rowid BIGSERIAL")
+            else:
+                for table, column, kind in _ADDED_COLUMNS:
+                    have = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+                    if column not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback(conn)
+            raise
 
     def _damaged(self, exc: Exception) -> RegistryError:
         return RegistryError(
@@ -312,23 +439,23 @@ class Registry:
 
     def _refuse_version(self, found: str) -> None:
         raise SchemaVersionError(
-            f"The tenant registry {str(self.path)!r} has schema_version {found!r}, "
+            f"The tenant registry {self.location!r} has schema_version {found!r}, "
             f"but this code reads schema_version {SCHEMA_VERSION} or older. Upgrade the "
             "alignment-audit package, or point AUDIT_HOME at another folder."
         )
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> DBConnection:
         if self._conn is None:
             raise RegistryError(
-                f"The tenant registry {str(self.path)!r} is closed; open a new Registry."
+                f"The tenant registry {self.location!r} is closed; open a new Registry."
             )
         return self._conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[DBConnection]:
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
+            begin_write(conn, _WRITE_LOCK)
             try:
                 yield conn
             except BaseException:
@@ -336,12 +463,35 @@ class Registry:
                 raise
             conn.execute("COMMIT")
 
-    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         with self._lock:
-            return self._connection().execute(sql, params).fetchall()
+            return list(self._connection().execute(sql, params).fetchall())
+
+    def _beat(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                self.heartbeat()
+            except Exception:  # a lost connection must not kill the thread; the lease tells
+                logger.warning("could not refresh the training jobs' heartbeat", exc_info=True)
+
+    def heartbeat(self) -> int:
+        """Return how many unfinished jobs of this process had their heartbeat refreshed."""
+        with self._lock:
+            if self._conn is None:
+                return 0
+            return int(
+                self._conn.execute(
+                    "UPDATE jobs SET heartbeat_at = ? WHERE owner = ? "
+                    "AND status IN ('queued', 'running')",
+                    (_now(), self.owner_id),
+                ).rowcount
+            )
 
     def close(self) -> None:
         """Return nothing; close the connection (calling it twice is harmless)."""
+        self._stop.set()
+        if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
+            self._heartbeat.join(timeout=10)
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -361,14 +511,14 @@ class Registry:
     # -- tenants and keys --------------------------------------------------------------------
 
     @staticmethod
-    def _require_tenant(conn: sqlite3.Connection, tenant_id: str) -> None:
+    def _require_tenant(conn: DBConnection, tenant_id: str) -> None:
         if not conn.execute("SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id,)).fetchone():
             raise NotFoundError(
                 f"No tenant {tenant_id!r} in the registry; list tenants with `audit tenant list`."
             )
 
     @staticmethod
-    def _issue_key(conn: sqlite3.Connection, tenant_id: str) -> str:
+    def _issue_key(conn: DBConnection, tenant_id: str) -> str:
         key_id = secrets.token_hex(_ID_HEX_CHARS // 2)
         key = f"{_KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         conn.execute(
@@ -673,7 +823,7 @@ class Registry:
                 raise NotFoundError(
                     f"Tenant {tenant_id!r} has no head {head_id!r}; create the head first."
                 )
-            _insert(conn, "jobs", job, metrics="{}")
+            _insert(conn, "jobs", job, metrics="{}", owner=self.owner_id, heartbeat_at=now)
         return job
 
     def update_job(
@@ -727,18 +877,31 @@ class Registry:
         rows = self._rows("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
-    def recover_interrupted(self) -> int:
-        """Return how many jobs were still queued or running; they and their heads become failed.
+    def recover_interrupted(self, *, lease_s: float = JOB_LEASE_S) -> int:
+        """Return how many unfinished jobs were orphaned; they and their heads become failed.
 
-        The server calls this once at start, before it trains anything: a job left queued or
-        running then belongs to a process that died, and its head must never look ready. Do not
-        call it while another process trains against the same registry.
+        The server calls this once at start, before it trains anything. On SQLite (one serving
+        process) every job still queued or running belongs to a process that died, and its
+        head must never look ready. On PostgreSQL other replicas may be training right now, so
+        only the jobs whose owner is gone are failed: no owner recorded, no heartbeat for
+        ``lease_s`` seconds, or an owner process on this host that no longer exists.
         """
         now = _now()
+        cutoff = (datetime.now(UTC) - timedelta(seconds=lease_s)).isoformat(timespec="microseconds")
+        shared = self.database_url is not None
         with self._write() as conn:
-            rows = conn.execute(
-                "SELECT job_id, head_id FROM jobs WHERE status IN ('queued', 'running')"
-            ).fetchall()
+            rows = [
+                row
+                for row in conn.execute(
+                    "SELECT job_id, head_id, owner, heartbeat_at FROM jobs "
+                    "WHERE status IN ('queued', 'running')"
+                ).fetchall()
+                if not shared
+                or (
+                    row["owner"] != self.owner_id
+                    and _owner_is_gone(row["owner"], row["heartbeat_at"], cutoff)
+                )
+            ]
             for row in rows:
                 conn.execute(
                     "UPDATE jobs SET status = 'failed', error = ?, updated_at = ? WHERE job_id = ?",
@@ -794,3 +957,15 @@ class Registry:
                 "SELECT * FROM exports WHERE tenant_id = ? ORDER BY rowid", (tenant_id,)
             )
         return [_export(row) for row in rows]
+
+
+def open_registry(path_or_url: str | Path | None = None, *, home: Path | None = None) -> Registry:
+    """Return the registry a path or URL names: ``postgresql://...`` or a SQLite file.
+
+    A URL keeps the rows in PostgreSQL and the tenants' files under ``home`` (default
+    AUDIT_HOME); a path (default ``<home>/registry.sqlite3``) is the SQLite file.
+    """
+    root = Path(home) if home is not None else audit_home()
+    if isinstance(path_or_url, str) and is_database_url(path_or_url):
+        return Registry(root / REGISTRY_FILENAME, database_url=path_or_url)
+    return Registry(path_or_url if path_or_url is not None else root / REGISTRY_FILENAME)
