@@ -23,7 +23,7 @@ from typing import Any
 from audit.loadgen import LoadResult, ServerProcess, Workload, provision, run_load_sync
 
 
-def _bank_into(home: Path, backbone: Any, quick: bool) -> str:
+def bank_into(home: Path, backbone: Any, quick: bool) -> str:
     """Save a screen bank into ``home``'s catalog (the latest one, or a small one fitted now)."""
     from audit.screening.catalog import default_training_data, fit_default_bank, latest_bank
     from audit.screening.storage import save_bank
@@ -39,7 +39,7 @@ def _bank_into(home: Path, backbone: Any, quick: bool) -> str:
     return str(bank.version)
 
 
-def _merged(results: list[LoadResult]) -> dict[str, Any]:
+def merged_results(results: list[LoadResult]) -> dict[str, Any]:
     """Return the latency percentiles and error counts over several runs of one mode."""
     merged = LoadResult(concurrency=results[0].concurrency, n_tenants=results[0].n_tenants)
     for r in results:
@@ -94,8 +94,8 @@ def _figure(
         notes={
             **notes,
             "mode": mode,
-            "concurrent": _merged(concurrent),
-            "serial": _merged(serial),
+            "concurrent": merged_results(concurrent),
+            "serial": merged_results(serial),
         },
     )
 
@@ -112,7 +112,7 @@ def bench_serving(ctx: Any) -> list[Any]:
     home = Path(tempfile.mkdtemp(prefix="bench-serving-home-"))
     figures = []
     try:
-        bank_version = _bank_into(home, ctx.backbone, ctx.quick)
+        bank_version = bank_into(home, ctx.backbone, ctx.quick)
         notes: dict[str, Any] = {
             "n_tenants": n_tenants,
             "concurrency": concurrency,

@@ -1,0 +1,183 @@
+"""``audit serve-ray``: N replicas of the tenant HTTP API behind Ray Serve, until interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from audit.api.settings import ApiSettings
+from audit.serve_cli import settings_options
+
+
+@click.command("serve-ray")
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="How many replicas of the API to run.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address Ray Serve's HTTP proxy listens on (0.0.0.0 for other machines).",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--address",
+    default=None,
+    help="Join the Ray cluster at this address (HOST:6379, or 'auto'); default: RAY_ADDRESS, "
+    "else a local Ray started here.",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    envvar="AUDIT_DATABASE_URL",
+    help="postgresql:// URL holding the registry and the audit log (needed when replicas run "
+    "on several machines; default: SQLite files under AUDIT_HOME). Env: AUDIT_DATABASE_URL.",
+)
+@click.option(
+    "--num-cpus",
+    "num_cpus_per_replica",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    help="CPUs each replica reserves on the cluster (a fraction packs several on one core).",
+)
+@click.option(
+    "--max-ongoing-requests",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Requests one replica takes at once (its inference engine batches them).",
+)
+@click.option(
+    "--backbone",
+    "backbone_spec",
+    default="minilm",
+    show_default=True,
+    help="Bundled alias (minilm, smollm2), a local HF model folder, or a HF model name.",
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Cut texts to this many tokens (default: the model's context).",
+)
+@settings_options
+@click.option(
+    "--screening/--no-screening",
+    default=True,
+    show_default=True,
+    help="Screen every request with the backbone's screen bank and log each decision.",
+)
+@click.option(
+    "--screens",
+    "screens_version",
+    default=None,
+    help="Serve this screen bank version (default: the latest, fitted once here if none).",
+)
+@click.option(
+    "--retain-text",
+    is_flag=True,
+    help="Keep request texts in the audit log (default: only their sha256).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the address, replica count and options as one JSON line once all replicas answer.",
+)
+def serve_ray(
+    replicas: int,
+    host: str,
+    port: int,
+    address: str | None,
+    database_url: str | None,
+    num_cpus_per_replica: float,
+    max_ongoing_requests: int,
+    backbone_spec: str,
+    device: str,
+    max_length: int | None,
+    screening: bool,
+    screens_version: str | None,
+    retain_text: bool,
+    as_json: bool,
+    **limits: Any,
+) -> None:
+    """Serve the tenant HTTP API from several replicas behind Ray Serve's HTTP proxy.
+
+    Every replica loads the backbone and serves the same AUDIT_HOME, which must be a folder all
+    replicas' machines mount. Owner routes need AUDIT_ADMIN_KEY (passed on to the replicas).
+    Replicas on several machines need --database-url: SQLite files are for one machine. Each
+    answer names its replica in the x-audit-replica header. Runs until interrupted (Ctrl-C).
+    """
+    from pydantic import ValidationError
+
+    from audit.api.app import ADMIN_KEY_ENV
+    from audit.errors import AuditError
+    from audit.scale.serve_ray import describe, run_replicas
+    from probes.errors import ProbesError
+    from probes.home import audit_home
+
+    try:
+        settings = ApiSettings(**limits)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise click.UsageError(problems) from exc
+    if not os.environ.get(ADMIN_KEY_ENV):
+        click.echo(
+            f"warning: {ADMIN_KEY_ENV} is not set, so the owner routes (creating tenants) "
+            "answer 503; set it to a long random secret.",
+            err=True,
+        )
+    home: Path = audit_home()
+    try:
+        served = run_replicas(
+            home,
+            replicas=replicas,
+            host=host,
+            port=port,
+            settings=settings,
+            screening=screening,
+            screens_version=screens_version,
+            retain_text=retain_text,
+            backbone_spec=backbone_spec,
+            device=device,
+            max_length=max_length,
+            database_url=database_url,
+            address=address,
+            num_cpus_per_replica=num_cpus_per_replica,
+            max_ongoing_requests=max_ongoing_requests,
+        )
+    except (AuditError, ProbesError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        if as_json:
+            click.echo(json.dumps(describe(served)))
+        else:
+            click.echo(
+                f"{replicas} replica(s) of the tenant API at {served.url} (docs: {served.url}/docs); "
+                "Ctrl-C stops them.",
+                err=True,
+            )
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        served.shutdown()
