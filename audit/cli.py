@@ -473,10 +473,18 @@ from audit.screen_eval_cli import screen_eval  # noqa: E402
 
 main.add_command(screen_eval)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
 from audit.promote_cli import promote  # noqa: E402
 
 main.add_command(promote)
+
+from audit.scale.serve_ray_cli import serve_ray  # noqa: E402
+
+main.add_command(serve_ray)
+
+from audit.scale.extract_cli import extract  # noqa: E402
+
+main.add_command(extract)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
