@@ -156,16 +156,107 @@ def fingerprint_state(model: nn.Module, config_json: str) -> str:
     return digest.hexdigest()[:16]
 
 
+# Batching: a batch closes when it holds ``batch_size`` rows, or when the next (shorter) text
+# would be padded by more than MAX_PADDING of the batch's width and the batch already holds
+# MIN_SPLIT_TOKENS token slots (a smaller batch is not worth a forward of its own).
+MAX_PADDING = 0.1
+MIN_SPLIT_TOKENS = 512
+
+
+def plan_batches(
+    lengths: np.ndarray,
+    batch_size: int,
+    *,
+    max_padding: float | None = MAX_PADDING,
+    min_split_tokens: int = MIN_SPLIT_TOKENS,
+) -> list[np.ndarray]:
+    """Return batches of text indices, longest texts first, that keep padding small.
+
+    Texts are sorted by length (descending, stable) and cut into batches of at most
+    ``batch_size`` rows; with ``max_padding`` set, a batch also closes before a text that is
+    shorter than ``(1 - max_padding)`` of the batch's width once the batch holds
+    ``min_split_tokens`` token slots. ``max_padding=None`` gives fixed-size sorted batches.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive int. Got {batch_size} instead.")
+    if max_padding is not None and not 0.0 <= max_padding < 1.0:
+        raise InvalidInputError(
+            f"max_padding must be a float in [0, 1) or None. Got {max_padding} instead."
+        )
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start, width = 0, 0
+    for pos, i in enumerate(order):
+        rows = pos - start
+        if rows and (
+            rows >= batch_size
+            or (
+                max_padding is not None
+                and rows * width >= min_split_tokens
+                and lengths[i] < (1.0 - max_padding) * width
+            )
+        ):
+            batches.append(order[start:pos])
+            start = pos
+        if pos == start:
+            width = int(lengths[i])
+    if len(order):
+        batches.append(order[start:])
+    return batches
+
+
+def padding_fraction(lengths: np.ndarray, batches: Sequence[np.ndarray]) -> float:
+    """Return the fraction of token slots that are padding when ``batches`` run right-padded."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    slots = sum(len(b) * int(lengths[b].max()) for b in batches if len(b))
+    return 1.0 - float(lengths.sum()) / slots if slots else 0.0
+
+
 def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
+
+
+# Architectures built from a config with random weights, for speed runs where no weights can be
+# downloaded: ``random:<name>`` (or ``random-<name>``). Tokens come from the bundled MiniLM
+# tokenizer (WordPiece, 30,522 ids, all inside every vocabulary below).
+RANDOM_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "gpt2-tiny": {
+        "model_type": "gpt2",
+        "n_layer": 2,
+        "n_embd": 64,
+        "n_head": 2,
+        "n_positions": 256,
+    },
+    "gpt2": {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12},
+    "gpt2-medium": {"model_type": "gpt2", "n_layer": 24, "n_embd": 1024, "n_head": 16},
+    "gpt2-large": {"model_type": "gpt2", "n_layer": 36, "n_embd": 1280, "n_head": 20},
+}
+RANDOM_PREFIXES = ("random:", "random-")
+
+
+def random_architecture(spec: str) -> str | None:
+    """Return the ``RANDOM_ARCHITECTURES`` name a spec like ``random:gpt2-medium`` names, or None."""
+    lowered = spec.strip().lower()
+    prefix = next((p for p in RANDOM_PREFIXES if lowered.startswith(p)), None)
+    if prefix is None:
+        return None
+    name = lowered[len(prefix) :]
+    if name not in RANDOM_ARCHITECTURES:
+        raise InvalidInputError(
+            f"Unknown random architecture {name!r} in backbone {spec!r}. Expected one of "
+            f"{', '.join('random:' + n for n in RANDOM_ARCHITECTURES)}."
+        )
+    return name
 
 
 class Backbone:
     """A frozen backbone booted through TransformerBridge, with fast activation extraction.
 
     Use ``Backbone.load(spec)``: spec is a bundled alias (``minilm``, the default, or
-    ``smollm2``), a local HF model folder, or a Hugging Face model name (for users with a hub or
-    a local HF cache).
+    ``smollm2``), a local HF model folder, a Hugging Face model name (for users with a hub or
+    a local HF cache), or ``random:<architecture>`` (``RANDOM_ARCHITECTURES``: random weights,
+    for speed runs).
     """
 
     def __init__(
@@ -229,6 +320,11 @@ class Backbone:
             )
         random_init = weights == "random"
         spec = spec or DEFAULT_BACKBONE
+        architecture = random_architecture(spec)
+        if architecture is not None:
+            return cls._load_random_architecture(
+                architecture, device=device, max_length=max_length, seed=seed
+            )
         name, folder = resolve_model_folder(spec)
         if folder is not None:
             # A local folder needs nothing from a hub; stop any library from asking one.
@@ -270,6 +366,39 @@ class Backbone:
             model = bridge.original_model
             fingerprint = fingerprint_state(model, model.config.to_json_string())
         return cls(bridge, name=name, fingerprint=fingerprint, folder=folder, max_length=max_length)
+
+    @classmethod
+    def _load_random_architecture(
+        cls, architecture: str, *, device: str, max_length: int | None, seed: int
+    ) -> Backbone:
+        """Return a backbone of ``RANDOM_ARCHITECTURES[architecture]`` with seeded random weights.
+
+        It is named ``random-<architecture>-<seed>`` and its fingerprint starts with ``random-``.
+        """
+        from transformer_lens.model_bridge import TransformerBridge
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from probes.bundled import minilm_folder
+
+        device = _resolve_device(device)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
+        settings = dict(RANDOM_ARCHITECTURES[architecture])
+        config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+        name = f"random-{architecture}-{seed}"
+        logger.info("building random backbone %s on %s", name, device)
+        with _quiet_transformers(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config)
+        model.to(device=device, dtype=torch.float32).eval()
+        bridge = TransformerBridge.boot_transformers(
+            name, hf_model=model, tokenizer=tokenizer, device=device
+        )
+        bridge.eval()
+        for param in bridge.parameters():
+            param.requires_grad_(False)
+        fingerprint = "random-" + fingerprint_state(model, model.config.to_json_string())
+        return cls(bridge, name=name, fingerprint=fingerprint, max_length=max_length)
 
     @staticmethod
     def _original(block: nn.Module) -> nn.Module:
@@ -368,12 +497,14 @@ class Backbone:
         *,
         batch_size: int = 32,
         progress: bool = True,
+        max_padding: float | None = MAX_PADDING,
     ) -> Extraction:
         """Return the activations of ``texts`` at ``hook_names`` (default: every block's resid_post).
 
         ``poolings`` may hold any of mean/first/last/max and ``"tokens"`` for per-token
-        activations. Texts are sorted by length into batches (less padding), and the forward stops
-        after the deepest layer needed.
+        activations. Texts are sorted by length into batches of at most ``batch_size`` rows, cut
+        further where padding would exceed ``max_padding`` of a batch (see ``plan_batches``), and
+        the forward stops after the deepest layer needed.
         """
         from probes.datasets import validate_texts
 
@@ -389,7 +520,8 @@ class Backbone:
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive int. Got {batch_size} instead.")
         batch = self.tokenize(texts)
-        order = np.argsort(-batch.lengths, kind="stable")
+        batches = plan_batches(batch.lengths, batch_size, max_padding=max_padding)
+        order = np.concatenate(batches)
         result = Extraction(n_tokens=batch.lengths, truncated=batch.truncated)
         pooled: dict[tuple[str, str], list[np.ndarray]] = {
             (h, p): [] for h in hooks for p in poolings if p != TOKENS
@@ -405,8 +537,7 @@ class Backbone:
             leave=False,
         )
         with self._lock, torch.inference_mode(), bar:
-            for start in range(0, len(texts), batch_size):
-                idx = order[start : start + batch_size]
+            for idx in batches:
                 width = int(batch.lengths[idx].max())
                 ids = batch.input_ids[idx, :width].to(self.device)
                 mask = batch.attention_mask[idx, :width].to(self.device)
