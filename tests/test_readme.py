@@ -94,7 +94,16 @@ def _shell_commands(*prefixes: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "command",
-    _shell_commands("audit screen", "audit log", "audit probe", "audit promote", "audit bench"),
+    _shell_commands(
+        "audit screen",
+        "audit log",
+        "audit probe",
+        "audit promote",
+        "audit bench",
+        "audit extract",
+        "audit serve",
+        "audit tenant",
+    ),
 )
 def test_readme_screening_commands_use_real_options(command: str) -> None:
     import click

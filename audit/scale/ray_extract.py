@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from audit.errors import AuditError
-from probes.backbone import Backbone, RaggedTokens
+from probes.backbone import Backbone, RaggedTokens, plan_batches
 from probes.errors import FingerprintMismatchError, InvalidInputError, ProbesError
 from probes.hooks import check_hook_names
 from probes.pooling import POOLINGS, TOKENS, check_pooling
@@ -349,12 +349,34 @@ def _save(
     return tuple(plan.key(h, p) for h, p in plan.missing)
 
 
-def _length_order(bb: Backbone, texts: list[str], chunk: int = 4096) -> np.ndarray:
-    """Return the corpus order Backbone.extract batches in: by token count, longest first."""
+def _planned_batches(
+    bb: Backbone, texts: list[str], batch_size: int, chunk: int = 4096
+) -> list[np.ndarray]:
+    """Return the batches Backbone.extract forms over the whole corpus (``plan_batches``)."""
     lengths = np.concatenate(
         [bb.tokenize(texts[s : s + chunk]).lengths for s in range(0, len(texts), chunk)]
     )
-    return np.argsort(-lengths, kind="stable").astype(np.int64)
+    return plan_batches(lengths, batch_size)
+
+
+def _blocks_of_batches(batches: list[np.ndarray], rows_per_block: int) -> list[np.ndarray]:
+    """Group consecutive whole batches into blocks of about ``rows_per_block`` rows.
+
+    A block starts at a batch boundary of the corpus-wide plan, so ``Backbone.extract`` on a
+    block's texts (already in the plan's order) plans exactly the same batches again.
+    """
+    blocks: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    rows = 0
+    for batch in batches:
+        if current and rows + len(batch) > rows_per_block:
+            blocks.append(np.concatenate(current))
+            current, rows = [], 0
+        current.append(batch)
+        rows += len(batch)
+    if current:
+        blocks.append(np.concatenate(current))
+    return blocks
 
 
 def _data_path(store: ActivationStore, key: ShardKey) -> Path:
@@ -404,7 +426,6 @@ def _run_pipeline(
     import ray.data
 
     n = len(texts)
-    order = _length_order(bb, texts)
     # Whole batches per block, so every batch is the one Backbone.extract forms over the corpus;
     # small enough that every worker gets a block, large enough to amortise a call.
     batches_per_block = max(
@@ -413,7 +434,7 @@ def _run_pipeline(
     rows_per_block = batches_per_block * batch_size
     blocks = [
         pa.table({"row": pa.array(rows), "text": pa.array([texts[i] for i in rows])})
-        for rows in (order[s : s + rows_per_block] for s in range(0, n, rows_per_block))
+        for rows in _blocks_of_batches(_planned_batches(bb, texts, batch_size), rows_per_block)
     ]
     columns = _columns(hooks, poolings)
     dataset = ray.data.from_arrow(blocks).map_batches(

@@ -77,9 +77,8 @@ def _files(store: ActivationStore) -> dict[Path, Path]:
 
 def test_ray_shards_match_local_extraction(written: Written, backbone: Backbone) -> None:
     result = written.result
-    assert (
-        result.num_workers == 2 and result.notes["blocks"] == 2
-    )  # 64 texts: 2 blocks of 2 batches of 16
+    # 64 texts in blocks of whole planned batches, at least one block per worker.
+    assert result.num_workers == 2 and result.notes["blocks"] >= 2
     assert len(result.computed) == len(HOOKS) * len(POOLINGS) and not result.reused
     # Same shard files (the token-statistics shard included), under the same relative paths.
     ray_files, local_files = _files(written.ray_store), _files(written.local_store)
