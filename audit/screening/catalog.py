@@ -20,7 +20,7 @@ import numpy as np
 
 from audit.screening.augment import augment_framings
 from audit.screening.robustness import bury, make_filler
-from audit.screening.screener import DEFAULT_SPAN_TOKENS, Screener
+from audit.screening.screener import DEFAULT_SPAN_TOKENS, Screener, split_segments
 from audit.screening.screens import ScreenBank, ScreenSpec, SegmentRule, SpanRule, fit_screens
 from audit.screening.storage import META_FILE, load_bank, save_bank
 from audit.screening.thresholds import Threshold, measure_threshold, threshold_for_fpr
@@ -264,10 +264,22 @@ def fit_segment_rule(
     seed: int = 0,
     progress: bool = False,
 ) -> ScreenBank:
-    """Return ``bank`` with the primary's multi-paragraph segment rule set on calibration-made
-    texts (made as for ``fit_span_rule``: requests joined by blank lines, some with a harmful
-    one buried among them). Thresholds as for the span rule, on each text's highest segment."""
-    long_benign, long_harmful = _long_texts(calibration, n_long, chars, seed, "segment")
+    """Return ``bank`` with the primary's multi-paragraph segment rule set on calibration texts.
+
+    The benign side is every multi-line benign calibration request (dialogues, multiple-choice
+    questions: lines that read oddly on their own) and ``n_long`` long texts made as for
+    ``fit_span_rule`` (requests joined by blank lines); the harmful side is half as many long
+    texts with a harmful request buried among them. Thresholds as for the span rule, on each
+    text's highest segment.
+    """
+    made_benign, long_harmful = _long_texts(calibration, n_long, chars, seed, "segment")
+    multi_line = [
+        t
+        for t, y in zip(calibration.texts, calibration.labels, strict=True)
+        if y == 0 and split_segments(t)
+    ]
+    long_benign = made_benign + multi_line
+    n_long = len(long_benign)
     screener = Screener(backbone, replace(bank, segments=None), segments=True)
     results = screener.screen(long_benign + long_harmful, progress=progress)
     scores = np.array(

@@ -25,6 +25,7 @@ from audit.tenants.heads import (
 )
 from audit.tenants.lm import MAX_NEW_TOKENS, generate, perplexity, train_lm_head
 from probes import ActivationStore, Backbone, load_dataset
+from probes.backbone import plan_batches
 from probes.errors import FingerprintMismatchError, InvalidInputError
 
 N_TEXTS = 64
@@ -165,7 +166,10 @@ def test_training_lowers_held_out_perplexity(smollm2: Backbone, trained: Trained
     assert trained.epochs_seen == [(e, EPOCHS) for e in range(1, m["epochs_run"] + 1)]
     assert m["train_seconds"] > 0
     # Inputs came from one extraction pass over the corpus, never a backbone forward per epoch.
-    assert trained.extraction_forwards <= math.ceil(N_TEXTS / 32)
+    # (one forward per batch of the extraction's padding-aware plan)
+    lengths = smollm2.tokenize(trained.corpus).lengths
+    assert trained.extraction_forwards == len(plan_batches(lengths, 32))
+    assert trained.extraction_forwards < EPOCHS * math.ceil(N_TEXTS / 32)
     assert not any(p.requires_grad for p in trained.head.module.parameters())
     print(f"\nlm head on {N_TEXTS} tweets: held-out perplexity {m['val_perplexity_before']:.1f}"
           f" -> {m['val_perplexity_after']:.1f} in {m['epochs_run']} epochs, "
