@@ -210,7 +210,7 @@ def test_every_command_has_help(runner, command) -> None:
 def test_bench_quick_writes_ratios(runner, tmp_path, screen_bank) -> None:
     from audit.bench import BENCHMARKS, RAY_BENCHMARKS
 
-    # The Ray benchmarks run on the session's Ray cluster in tests/scale/test_ray_bench.py.
+    # The Ray benchmarks start Ray workers (tens of seconds each): run them with --only.
     only = [a for name in BENCHMARKS if name not in RAY_BENCHMARKS for a in ("--only", name)]
     result = runner.invoke(main, ["bench", "--quick", *only, "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
