@@ -28,41 +28,55 @@ def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def serving_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the options every way of serving the API shares: the backbone, the ApiSettings
+    limits, screening on/off, the screen bank version and text retention."""
+    decorators: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.option(
+            "--backbone",
+            "backbone_spec",
+            default="minilm",
+            show_default=True,
+            help="Bundled alias (minilm, smollm2), a local HF model folder, or a HF model name.",
+        ),
+        click.option(
+            "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto."
+        ),
+        click.option(
+            "--max-length",
+            type=click.IntRange(min=2),
+            default=None,
+            help="Cut texts to this many tokens (default: the model's context).",
+        ),
+        settings_options,
+        click.option(
+            "--screening/--no-screening",
+            default=True,
+            show_default=True,
+            help="Screen every request with the backbone's screen bank and log each decision.",
+        ),
+        click.option(
+            "--screens",
+            "screens_version",
+            default=None,
+            help="Serve this screen bank version (default: the latest, fitted on first start "
+            "if there is none; `audit screen list`).",
+        ),
+        click.option(
+            "--retain-text",
+            is_flag=True,
+            help="Keep request texts in the audit log (default: only their sha256).",
+        ),
+    ]
+    for decorate in reversed(decorators):
+        fn = decorate(fn)
+    return fn
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option(
-    "--backbone",
-    "backbone_spec",
-    default="minilm",
-    show_default=True,
-    help="Bundled alias (minilm, smollm2), a local HF model folder, or a HF model name.",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option(
-    "--max-length",
-    type=click.IntRange(min=2),
-    default=None,
-    help="Cut texts to this many tokens (default: the model's context).",
-)
-@settings_options
-@click.option(
-    "--screening/--no-screening",
-    default=True,
-    show_default=True,
-    help="Screen every request with the backbone's screen bank and log each decision.",
-)
-@click.option(
-    "--screens",
-    "screens_version",
-    default=None,
-    help="Serve this screen bank version (default: the latest; `audit screen list`).",
-)
-@click.option(
-    "--retain-text",
-    is_flag=True,
-    help="Keep request texts in the audit log (default: only their sha256).",
-)
+@serving_options
 @click.option(
     "--database-url",
     envvar="AUDIT_DATABASE_URL",

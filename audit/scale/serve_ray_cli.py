@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from audit.api.settings import ApiSettings
-from audit.serve_cli import settings_options
+from audit.serve_cli import serving_options
 
 
 @click.command("serve-ray")
@@ -58,38 +58,7 @@ from audit.serve_cli import settings_options
     show_default=True,
     help="Requests one replica takes at once (its inference engine batches them).",
 )
-@click.option(
-    "--backbone",
-    "backbone_spec",
-    default="minilm",
-    show_default=True,
-    help="Bundled alias (minilm, smollm2), a local HF model folder, or a HF model name.",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option(
-    "--max-length",
-    type=click.IntRange(min=2),
-    default=None,
-    help="Cut texts to this many tokens (default: the model's context).",
-)
-@settings_options
-@click.option(
-    "--screening/--no-screening",
-    default=True,
-    show_default=True,
-    help="Screen every request with the backbone's screen bank and log each decision.",
-)
-@click.option(
-    "--screens",
-    "screens_version",
-    default=None,
-    help="Serve this screen bank version (default: the latest, fitted once here if none).",
-)
-@click.option(
-    "--retain-text",
-    is_flag=True,
-    help="Keep request texts in the audit log (default: only their sha256).",
-)
+@serving_options
 @click.option(
     "--json",
     "as_json",
