@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from audit.bench_serving import bank_into, merged_results
+from audit.bench_serving import bank_into, load_work, merged_results
 from audit.loadgen import LoadResult, Workload, free_port, provision, run_load_sync
 
 
@@ -73,12 +73,7 @@ def bench_ray_serve(ctx: Any) -> list[Any]:
             num_cpus_per_replica=cpus_per_replica,
         ) as served:
             tenants = provision(served.url, admin_key, n_tenants, rows, name_prefix="bench")
-            work: dict[str, Any] = {
-                "tenants": tenants,
-                "texts": list(ctx.texts),
-                "duration_s": seconds,
-                "screen_fraction": 0.25,
-            }
+            work = load_work(tenants, ctx.texts, seconds)
             one = _runs(served.url, work, concurrency, repeats)
             served.scale(2)
             two = _runs(served.url, work, concurrency, repeats)

@@ -39,6 +39,17 @@ def bank_into(home: Path, backbone: Any, quick: bool) -> str:
     return str(bank.version)
 
 
+def load_work(tenants: Any, texts: Any, seconds: float) -> dict[str, Any]:
+    """Return the load both serving benchmarks drive: the tenants' predictions on ``texts`` for
+    ``seconds``, a quarter of the requests screening only."""
+    return {
+        "tenants": tenants,
+        "texts": list(texts),
+        "duration_s": seconds,
+        "screen_fraction": 0.25,
+    }
+
+
 def merged_results(results: list[LoadResult]) -> dict[str, Any]:
     """Return the latency percentiles and error counts over several runs of one mode."""
     merged = LoadResult(concurrency=results[0].concurrency, n_tenants=results[0].n_tenants)
@@ -126,12 +137,7 @@ def bench_serving(ctx: Any) -> list[Any]:
         server = ServerProcess(home, admin_key)
         with server:
             tenants = provision(server.url, admin_key, n_tenants, rows, name_prefix="bench")
-            work: dict[str, Any] = {
-                "tenants": tenants,
-                "texts": list(ctx.texts),
-                "duration_s": seconds,
-                "screen_fraction": 0.25,
-            }
+            work = load_work(tenants, ctx.texts, seconds)
             serial, concurrent = _measure(server, work, concurrency, repeats)
         figures.append(_figure("screening on", serial, concurrent, notes))
         if not ctx.quick:

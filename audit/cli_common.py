@@ -30,3 +30,24 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper
+
+
+def backbone_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --backbone, --device and --max-length, the options every command loading a backbone
+    shares."""
+    fn = click.option(
+        "--max-length",
+        type=click.IntRange(min=2),
+        default=None,
+        help="Cut texts to this many tokens (default: the model's context).",
+    )(fn)
+    fn = click.option(
+        "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto."
+    )(fn)
+    return click.option(
+        "--backbone",
+        "backbone_spec",
+        default="minilm",
+        show_default=True,
+        help="Bundled alias (minilm, smollm2), a local HF model folder, or a HF model name.",
+    )(fn)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from audit.api.settings import ApiSettings
+from audit.cli_common import backbone_options
 
 _SCALARS: dict[Any, type] = {int: int, float: float}
 
@@ -32,22 +33,7 @@ def serving_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add the options every way of serving the API shares: the backbone, the ApiSettings
     limits, screening on/off, the screen bank version and text retention."""
     decorators: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
-        click.option(
-            "--backbone",
-            "backbone_spec",
-            default="minilm",
-            show_default=True,
-            help="Bundled alias (minilm, smollm2), a local HF model folder, or a HF model name.",
-        ),
-        click.option(
-            "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto."
-        ),
-        click.option(
-            "--max-length",
-            type=click.IntRange(min=2),
-            default=None,
-            help="Cut texts to this many tokens (default: the model's context).",
-        ),
+        backbone_options,
         settings_options,
         click.option(
             "--screening/--no-screening",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from audit.cli_common import emit_json, friendly
+from audit.cli_common import backbone_options, emit_json, friendly
 
 if TYPE_CHECKING:
     from audit.scale.ray_extract import StoredExtraction
@@ -42,22 +42,7 @@ POOLING_CHOICES = ("mean", "first", "last", "max", "tokens")  # probes.pooling, 
     help="Stratified subsample per bundled dataset (as `audit probe`); 0 = all rows.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Subsample seed.")
-@click.option(
-    "--backbone",
-    "backbone_spec",
-    default="minilm",
-    show_default=True,
-    help="Bundled alias (minilm, smollm2), a local HF model folder, or a HF model name.",
-)
-@click.option(
-    "--max-length",
-    type=click.IntRange(min=2),
-    default=None,
-    help="Cut texts to this many tokens (default: the model's context).",
-)
-@click.option(
-    "--device", default="cpu", show_default=True, help="Where the forwards run: cpu or cuda."
-)
+@backbone_options
 @click.option(
     "--hook",
     "hook_names",
