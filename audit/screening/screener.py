@@ -18,11 +18,13 @@ to the token holding it), so the tokens with the largest terms are the ones that
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,25 +43,38 @@ MAX_SEGMENTS = 64  # a text's lines beyond this many are merged into runs of lin
 
 
 @functools.cache
-def _blas() -> ThreadpoolController:
-    return ThreadpoolController()
+def _blas_libraries() -> tuple[Any, ...]:
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
 
 
-def one_blas_thread() -> AbstractContextManager[object]:
-    """Return a context in which numpy's BLAS runs on one thread.
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run the body with numpy's BLAS on one thread (restored after).
 
     The screens' products are skinny ([tokens, d_model] by a few columns): waking BLAS threads
     next to the backbone's own costs many times the product itself (measured: 13 ms against 0.5
-    ms for 4,096 tokens on a busy two-core machine).
+    ms for 4,096 tokens on a busy two-core machine). The libraries are looked up once: a
+    threadpoolctl limit re-inspects the process each time (34 us against 9 us here).
     """
-    return _blas().limit(limits=1, user_api="blas")
+    libraries = _blas_libraries()
+    before = [lib.num_threads for lib in libraries]
+    for lib in libraries:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libraries, before, strict=True):
+            lib.set_num_threads(n)
 
 
 class TextTooLongError(InvalidInputError):
     """A text longer than the screener's ``max_chars`` (the API answers 413)."""
 
 
-@dataclass(frozen=True)
+# The per-request values below are built for every request served, so they are slotted and not
+# frozen (a frozen dataclass's __init__ costs about 3x: 1.9 against 0.5 us for five fields);
+# treat them as values: change them with dataclasses.replace.
+@dataclass(slots=True)
 class WindowScore:
     """One window's raw logits per screen and the primary screen's top contributing tokens."""
 
@@ -70,7 +85,7 @@ class WindowScore:
     segment: bool = False  # a window of one of the text's segments, screened on its own
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScreenResult:
     """One text's decision, aggregated over its windows (the highest primary score decides)."""
 
@@ -92,6 +107,52 @@ class ScreenResult:
     @property
     def score(self) -> float:
         return self.decision.score
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A forward's mask as the screens read it: real tokens, their counts, whether any row pads."""
+
+    mask: np.ndarray  # [rows, pos] bool
+    n_real: np.ndarray  # [rows], at least 1
+    scale: np.ndarray  # [rows, 1] float32: n_real
+    padded: bool
+
+
+@dataclass(slots=True)
+class _Read:
+    """One (hook, pooling) reader's share of a forward's logits."""
+
+    cols: list[int]  # the screen columns it feeds
+    per_row: np.ndarray  # [rows, len(cols)]
+    terms: np.ndarray | None  # [rows, pos]: the primary's per-token terms, if it reads this
+    raw: np.ndarray | None  # the same not divided by the row length (mean pooling only)
+
+
+class HookReads:
+    """A screener's reads of one forward, taken hook by hook as the forward produces them.
+
+    Hand it to ``Backbone.forward_tokens(on_hook=...)``, then to ``Screener.score_windows``.
+    ``seconds`` adds up the time spent in it: the screens' share of the forward.
+    """
+
+    def __init__(self, screener: Screener) -> None:
+        self._screener = screener
+        self.mask: torch.Tensor | None = None
+        self.frame: _Frame | None = None
+        self.parts: dict[str, list[_Read]] = {}
+        self.seconds = 0.0
+
+    def __call__(self, hook: str, acts: torch.Tensor, mask: torch.Tensor) -> None:
+        if hook not in self._screener._by_hook:
+            return
+        start = time.perf_counter()
+        if mask is not self.mask:  # the first hook of a forward
+            self.mask, self.frame, self.parts = mask, self._screener._frame(mask), {}
+        assert self.frame is not None
+        with one_blas_thread():
+            self.parts[hook] = self._screener._read_hook(hook, acts, self.frame)
+        self.seconds += time.perf_counter() - start
 
 
 class _Direction:
@@ -198,7 +259,20 @@ class Screener:
             for reader, pairs in sorted(stacks.items())
         }
         self.hooks = sorted({h for h, _ in bank.readers})
+        # The same readers grouped by hook: one forward hook reads them all at once.
+        self._by_hook: dict[str, list[tuple[str, tuple[np.ndarray, list[int], int | None]]]] = {}
+        for (hook, pooling), projection in self._projections.items():
+            self._by_hook.setdefault(hook, []).append((pooling, projection))
+        # Every reader's per-row columns side by side, in read order, map onto the screens'
+        # logits through one 0/1 matrix: one product instead of a fancy-indexed add per reader.
+        read_cols = [
+            c for parts in self._by_hook.values() for _, (_, cols, _) in parts for c in cols
+        ]
+        self._selector = np.zeros((len(read_cols), len(self._names)))
+        self._selector[np.arange(len(read_cols)), read_cols] = 1.0
         self._vocab = [str(t) for t in tok.convert_ids_to_tokens(list(range(len(tok))))]
+        # One past the vocabulary: ids beyond it (a padded forward's filler) read as "".
+        self._vocab_array = np.array([*self._vocab, ""], dtype=object)
         # One flag per vocabulary id (and one past it, for ids beyond the vocabulary).
         self._is_special = np.zeros(len(self._vocab) + 1, dtype=bool)
         self._is_special[[i for i in tok.all_special_ids if 0 <= i < len(self._vocab)]] = True
@@ -244,60 +318,100 @@ class Screener:
         acts: Mapping[str, torch.Tensor],
         mask: torch.Tensor,
         input_ids: torch.Tensor,
+        reads: HookReads | None = None,
     ) -> list[WindowScore]:
         """Return each row's window score from per-token activations of a forward.
 
         ``acts[hook]`` is [rows, pos, d_model] for every hook in ``self.hooks``; ``mask`` and
         ``input_ids`` are the forward's [rows, pos] (right-padded; only the first
-        ``mask.shape[1]`` ids are read).
+        ``mask.shape[1]`` ids are read). ``reads``, the reader handed to that forward
+        (``self.reads()``), supplies the hooks it already read; others are read from ``acts``.
         """
         with one_blas_thread():
-            return self._score_windows(acts, mask, input_ids)
+            return self._score_windows(acts, mask, input_ids, reads)
 
-    def _score_windows(
-        self,
-        acts: Mapping[str, torch.Tensor],
-        mask: torch.Tensor,
-        input_ids: torch.Tensor,
-    ) -> list[WindowScore]:
-        # numpy from here: these ops are small, and torch's threads cost more than they save.
+    def reads(self) -> HookReads:
+        """Return a reader to hand to a forward (``forward_tokens(on_hook=...)``).
+
+        It does each hook's memory-bound work (projections onto the screens' weights, pooling)
+        the moment the forward produces the activation, while it is still in cache; pass it back
+        to ``score_windows`` for that forward's scores.
+        """
+        return HookReads(self)
+
+    def _frame(self, mask: torch.Tensor) -> _Frame:
         m = mask.detach().to(torch.bool).cpu().numpy()
-        ids = input_ids[:, : m.shape[1]].detach().cpu().numpy()
-        if ids.shape[1] < m.shape[1]:  # the forward padded wider than the ids
-            ids = np.pad(ids, ((0, 0), (0, m.shape[1] - ids.shape[1])), constant_values=0)
-        n_rows, n_pos = m.shape
         n_real = np.maximum(m.sum(1), 1)
-        scale = n_real.astype(np.float32)[:, None]
-        logits = np.tile(self._intercepts, (n_rows, 1))  # [rows, screens]
-        terms = np.zeros((n_rows, n_pos), dtype=np.float32)  # the primary's per-token terms
-        raw = np.zeros((n_rows, n_pos), dtype=np.float64)  # the same, not divided by the length
-        padded = not bool(m.all())
-        for (hook, pooling), (weights, cols, primary_col) in self._projections.items():
-            h = acts[hook].detach().float().cpu().numpy()
+        return _Frame(m, n_real, n_real.astype(np.float32)[:, None], not bool(m.all()))
+
+    def _read_hook(self, hook: str, acts: torch.Tensor, frame: _Frame) -> list[_Read]:
+        """Return every screen column's share of the logits from one hook's activations.
+
+        Per (hook, pooling) reader: its screen columns, their per-row terms, and the primary's
+        per-token terms (divided by the row length, and not, for the span read) when it reads it.
+        """
+        h = acts.detach().float().cpu().numpy()
+        m, n_real, scale = frame.mask, frame.n_real, frame.scale
+        n_rows, n_pos = m.shape
+        out = []
+        for pooling, (weights, cols, primary_col) in self._by_hook[hook]:
+            terms = raw = None
             if pooling == "mean":
                 proj = _project(h.reshape(-1, h.shape[-1]), weights).reshape(n_rows, n_pos, -1)
                 proj *= m[:, :, None]
                 per_row = proj.sum(1) / scale
                 if primary_col is not None:
-                    terms += proj[:, :, primary_col] / scale
-                    if self.span_tokens is not None:
-                        raw += proj[:, :, primary_col]
+                    raw = proj[:, :, primary_col]
+                    terms = raw / scale
             elif pooling == "max":
-                real = m[:, :, None]
-                top = _masked_max(h, n_real) if padded else h.max(1)
+                top = _masked_max(h, n_real) if frame.padded else h.max(1)
                 per_row = top @ weights
                 if primary_col is not None:  # each dimension's term goes to its max token
-                    held = np.where(real, h, -np.inf) if padded else h
+                    held = np.where(m[:, :, None], h, -np.inf) if frame.padded else h
                     winner = held.argmax(1)  # [rows, d_model]: the token holding each maximum
                     share = top * weights[:, primary_col]
+                    terms = np.zeros((n_rows, n_pos), dtype=np.float32)
                     for r in range(n_rows):
                         terms[r] += np.bincount(winner[r], weights=share[r], minlength=n_pos)
             else:  # first / last: one token carries the whole term
                 at = np.zeros(n_rows, dtype=np.int64) if pooling == "first" else n_real - 1
                 per_row = h[np.arange(n_rows), at] @ weights
                 if primary_col is not None:
+                    terms = np.zeros((n_rows, n_pos), dtype=np.float32)
                     terms[np.arange(n_rows), at] += per_row[:, primary_col]
-            logits[:, cols] += per_row
+            out.append(_Read(cols, per_row, terms, raw if pooling == "mean" else None))
+        return out
+
+    def _score_windows(
+        self,
+        acts: Mapping[str, torch.Tensor],
+        mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        reads: HookReads | None = None,
+    ) -> list[WindowScore]:
+        # numpy from here: these ops are small, and torch's threads cost more than they save.
+        fresh = reads is not None and reads.mask is mask
+        frame = reads.frame if fresh else self._frame(mask)  # type: ignore[union-attr]
+        m, n_real = frame.mask, frame.n_real
+        ids = input_ids[:, : m.shape[1]].detach().cpu().numpy()
+        if ids.shape[1] < m.shape[1]:  # the forward padded wider than the ids
+            ids = np.pad(ids, ((0, 0), (0, m.shape[1] - ids.shape[1])), constant_values=0)
+        n_rows, n_pos = m.shape
+        terms = np.zeros((n_rows, n_pos), dtype=np.float32)  # the primary's per-token terms
+        raw = np.zeros((n_rows, n_pos), dtype=np.float64)  # the same, not divided by the length
+        per_row = []
+        for hook in self._by_hook:
+            parts = reads.parts.get(hook) if fresh else None  # type: ignore[union-attr]
+            if parts is None:
+                parts = self._read_hook(hook, acts[hook], frame)
+            for part in parts:
+                per_row.append(part.per_row)
+                if part.terms is not None:
+                    terms += part.terms
+                if part.raw is not None and self.span_tokens is not None:
+                    raw += part.raw
+        # [rows, screens]: every screen's logit
+        logits = np.concatenate(per_row, axis=1) @ self._selector + self._intercepts
         spans = self._span_logits(raw, n_real, logits[:, self._primary_col])
         # Ids outside the tokenizer's vocabulary (a padded forward's filler) count as special.
         special = self._is_special[np.minimum(ids, len(self._is_special) - 1)]
@@ -306,20 +420,21 @@ class Screener:
         index = np.argsort(-terms, axis=1, kind="stable")[:, :k]
         values = np.take_along_axis(terms, index, 1)
         n_top = np.isfinite(values).sum(1).tolist()  # -inf (padding, special) sorts last
-        token_ids = np.take_along_axis(ids, index, 1).tolist()
+        top_ids = np.minimum(np.take_along_axis(ids, index, 1), len(self._vocab))
+        tokens = self._vocab_array[top_ids].tolist()
         values_list = values.tolist()
-        vocab, names = self._vocab, self._names
+        names = self._names
         span_list = [None] * n_rows if spans is None else spans.tolist()
         return [
             WindowScore(
-                logits=dict(zip(names, row_logits, strict=True)),
-                top_tokens=tuple(zip([vocab[t] for t in row_ids[:n]], row_values[:n], strict=True)),
-                n_tokens=n_tokens,
-                span_logit=span,
+                dict(zip(names, row_logits, strict=True)),
+                tuple(zip(row_tokens[:n], row_values[:n], strict=True)),
+                n_tokens,
+                span,
             )
-            for row_logits, row_ids, row_values, n, n_tokens, span in zip(
+            for row_logits, row_tokens, row_values, n, n_tokens, span in zip(
                 logits.tolist(),
-                token_ids,
+                tokens,
                 values_list,
                 n_top,
                 n_real.tolist(),
@@ -489,7 +604,9 @@ class Screener:
                     ),
                     top_tokens=windows[int(best[t])].top_tokens,
                     layers=layers,
-                    n_tokens=sum(w.n_tokens for w in windows),
+                    n_tokens=windows[0].n_tokens
+                    if len(windows) == 1
+                    else sum(w.n_tokens for w in windows),
                     n_windows=len(windows),
                     window=int(best[t]),
                     window_scores=tuple(main_list[start : start + len(windows)]),
@@ -566,10 +683,13 @@ class Screener:
             for r, (_, _, row) in enumerate(chunk):
                 ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
                 mask[r, : len(row)] = 1
-            acts, used_mask = self.backbone.forward_tokens(ids, mask, self.hooks)  # type: ignore[attr-defined]
+            reads = self.reads()
+            acts, used_mask = self.backbone.forward_tokens(  # type: ignore[attr-defined]
+                ids, mask, self.hooks, on_hook=reads
+            )
             self.n_forward_passes += 1
             for (i, j, _), score in zip(
-                chunk, self.score_windows(acts, used_mask, ids), strict=True
+                chunk, self.score_windows(acts, used_mask, ids, reads), strict=True
             ):
                 per_text[i][j] = score if j < first_segment[i] else replace(score, segment=True)
             bar.update(len(chunk))

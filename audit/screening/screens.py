@@ -204,7 +204,7 @@ class SpanRule:
         return _on_bank_scale(score, span_score, self.flag.value, self.block.value, block, flag)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per request: slotted, not frozen (see screener.WindowScore)
 class ScreenDecision:
     """One request's decision: the action, the primary screen's score and every screen's score."""
 
