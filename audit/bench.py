@@ -465,6 +465,7 @@ def bench_scorecard(ctx: BenchContext) -> list[Figure]:
     from probes.store import ActivationStore
 
     n = 200 if ctx.quick else 5000
+    n_boot = 200 if ctx.quick else 1000
     dataset = load_dataset("rotten_tomatoes", max_samples=n, seed=2)
     others = [load_dataset("tweets", max_samples=n, seed=2)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -475,7 +476,7 @@ def bench_scorecard(ctx: BenchContext) -> list[Figure]:
             ctx.backbone,
             dataset,
             store=store,
-            n_boot=1000,
+            n_boot=n_boot,
             progress=False,
             probe_dir=Path(tmp) / "probes",
         )
@@ -486,7 +487,7 @@ def bench_scorecard(ctx: BenchContext) -> list[Figure]:
                 ctx.backbone,
                 d,
                 store=store,
-                n_boot=1000,
+                n_boot=n_boot,
                 progress=False,
                 probe_dir=Path(tmp) / "probes",
             )
@@ -618,8 +619,11 @@ def run_benchmarks(
     texts = list(load_dataset("rotten_tomatoes", max_samples=48 if quick else 1000, seed=1).texts)
     ctx = BenchContext(backbone, texts, batch_size=32, repeats=2 if quick else 3, quick=quick)
     figures: list[Figure] = []
+    wall: dict[str, float] = {}
     for name in names:
+        start = time.perf_counter()
         figures += BENCHMARKS[name](ctx)
+        wall[name] = round(time.perf_counter() - start, 2)
     payload = {
         "schema_version": 1,
         "created_at": datetime.now(UTC).isoformat(),
@@ -635,6 +639,7 @@ def run_benchmarks(
         "versions": package_versions(),
         "backbone": backbone.info(),
         "figures": [f.as_dict() for f in figures],
+        "wall_seconds": wall,  # each benchmark's own run time, setup included
     }
     markdown = _markdown(payload)
     json_path = run_dir / "bench.json"

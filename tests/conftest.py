@@ -29,6 +29,14 @@ def backbone():
 
 
 @pytest.fixture(scope="session")
+def decoder():
+    """The bundled SmolLM2-135M decoder, loaded once for every test that reads it."""
+    from probes import Backbone
+
+    return Backbone.load("smollm2")
+
+
+@pytest.fixture(scope="session")
 def sentiment_small():
     from probes import load_dataset
 

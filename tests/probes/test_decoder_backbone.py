@@ -16,11 +16,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def decoder() -> Backbone:
-    return Backbone.load("smollm2")
-
-
 def test_decoder_plain_path_equals_bridge_and_ignores_padding(decoder: Backbone) -> None:
     assert (decoder.n_layers, decoder.d_model) == (30, 576)
     hooks = ["blocks.0.hook_resid_post", "blocks.14.hook_resid_post", "blocks.29.hook_resid_post"]

@@ -924,7 +924,7 @@ def test_empty_and_whitespace_texts_are_refused_by_name(hostile, ids):
 
 N_UPLOADS = 50
 N_FLAGS = 12
-N_TRAININGS = 8
+N_TRAININGS = 4
 
 
 @pytest.mark.slow

@@ -224,11 +224,6 @@ def test_unknown_architecture_gets_hidden_states_and_a_skip(
 
 
 # --------------------------------------------------------------------------- SmolLM2 (pre-LN)
-@pytest.fixture(scope="module")
-def decoder() -> Backbone:
-    return Backbone.load("smollm2")
-
-
 @pytest.mark.slow
 def test_smollm2_passes_with_pre_ln_identities_and_catches_a_perturbation(
     decoder: Backbone,
