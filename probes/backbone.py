@@ -13,6 +13,7 @@ import contextlib
 import copy
 import hashlib
 import importlib.metadata
+import itertools
 import logging
 import os
 import threading
@@ -412,12 +413,20 @@ class Backbone:
 
     @staticmethod
     def _twin_config(model: Any) -> Any:
-        # The bridge forces eager attention so its attention hooks see the pattern; the plain
-        # twin only reads the residual stream, so it may use the fused kernel a bare HF model
-        # uses, where the architecture has one.
+        """Return the config of the plain twin: a bare HF forward's settings, not the bridge's.
+
+        The bridge forces eager attention and ``output_attentions`` so its attention hooks see
+        the pattern; the plain twin only reads the residual stream through its own hooks, so it
+        uses the fused kernel a bare HF model uses (where the architecture has one), and asks
+        for no attention maps, hidden-state tuples or KV cache (transformers would otherwise
+        install its output-capturing hooks on the twin and build a cache every forward).
+        """
         twin = copy.copy(model.config)
         if getattr(model, "_supports_sdpa", False):
             twin._attn_implementation = "sdpa"
+        for flag in ("output_attentions", "output_hidden_states", "use_cache"):
+            if hasattr(twin, flag):
+                setattr(twin, flag, False)
         return twin
 
     def _probe_layer_output(self) -> bool:
@@ -483,15 +492,21 @@ class Backbone:
             rows = ids
             full = tok(list(texts), truncation=False)["input_ids"]
             truncated = np.array([len(f) > self.max_length for f in full])
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         width = int(lengths.max()) if len(rows) else 0
-        pad_id = tok.pad_token_id or 0
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-        return TokenBatch(input_ids, mask, lengths, np.asarray(truncated, dtype=bool))
+        # Right-padding in one step: the real slots of the [n, width] grid, in row-major order,
+        # are exactly the token ids of the rows one after another.
+        real = np.arange(width) < lengths[:, None]
+        input_ids = np.full((len(rows), width), tok.pad_token_id or 0, dtype=np.int64)
+        input_ids[real] = np.fromiter(
+            itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum())
+        )
+        return TokenBatch(
+            torch.from_numpy(input_ids),
+            torch.from_numpy(real.astype(np.int64)),
+            lengths,
+            np.asarray(truncated, dtype=bool),
+        )
 
     # ----------------------------------------------------------- extraction
     def extract(

@@ -9,6 +9,14 @@ order and saves every (hook, pooling) shard through ``ActivationStore.save``: ke
 checksum are those ``ActivationStore.get`` writes, so a probe reading the store cannot tell which
 one ran. Shards already in the store are not recomputed.
 
+Parity with local extraction: a text's float32 activations depend on the batch it runs in (its
+padded width changes the shapes, hence the rounding of the kernels: up to 2e-6 on MiniLM),
+so workers run exactly the corpus-wide batches. Each worker also runs torch on an explicit
+number of intra-op threads (``threads_per_worker``; by default the whole CPUs it reserves, as
+Ray's OMP_NUM_THREADS would give it): MKL and oneDNN do not promise the same bits at every
+thread count, so a local extraction on the same CPU at that thread count gives bit-identical
+activations.
+
 Where Ray runs: ``address`` (or ``RAY_ADDRESS``) names a cluster to join; otherwise a Ray
 already initialised in this process is used, or a local one is started for the call and shut
 down after it. Workers send activations back through Ray's object store and the driver alone
@@ -91,7 +99,12 @@ class BlockExtractor:
         hook_names: Sequence[str],
         poolings: Sequence[str],
         batch_size: int,
+        threads: int,
     ) -> None:
+        import torch
+
+        # Set before the first forward; the driver chose it (see the module docstring).
+        torch.set_num_threads(threads)
         # A refusal is kept and raised from the first call: a failed task aborts the job with
         # the worker's message, a failed constructor reads as a crashed actor.
         self.error: ProbesError | None = None
@@ -234,6 +247,7 @@ def extract_with_ray(
     max_length: int | None = None,
     device: str = "cpu",
     cpus_per_worker: float = 1.0,
+    threads_per_worker: int | None = None,
     address: str | None = None,
     dataset_name: str | None = None,
     progress: bool = True,
@@ -245,11 +259,20 @@ def extract_with_ray(
     ``device``. Poolings are any of mean/first/last/max and ``"tokens"``. The driver orders the
     texts by token count as ``Backbone.extract`` does and hands each worker blocks of up to
     ``block_rows`` texts, i.e. whole batches of ``batch_size``: every batch is the one local
-    extraction forms. Shards already stored are not recomputed.
+    extraction forms. Shards already stored are not recomputed. Each worker runs torch on
+    ``threads_per_worker`` intra-op threads (default: ``cpus_per_worker`` rounded down, at least
+    1); a local extraction on the same CPU with ``torch.set_num_threads`` at that count gives
+    bit-identical activations.
     """
     started = time.perf_counter()
     if not isinstance(num_workers, int) or num_workers < 1:
         raise InvalidInputError(f"num_workers must be a positive int. Got {num_workers!r} instead.")
+    if threads_per_worker is None:
+        threads_per_worker = max(1, int(cpus_per_worker))
+    if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+        raise InvalidInputError(
+            f"threads_per_worker must be a positive int or None. Got {threads_per_worker!r} instead."
+        )
     if not isinstance(block_rows, int) or block_rows < batch_size:
         raise InvalidInputError(
             f"block_rows must be an int of at least batch_size ({batch_size}). "
@@ -280,6 +303,7 @@ def extract_with_ray(
             block_rows=block_rows,
             device=device,
             cpus_per_worker=cpus_per_worker,
+            threads_per_worker=threads_per_worker,
             progress=progress,
         )
     computed = _save(plan, fresh.shards, fresh.n_tokens, fresh.truncated, dataset_name)
@@ -292,7 +316,11 @@ def extract_with_ray(
         num_workers,
         time.perf_counter() - started,
         ray_address,
-        {"blocks": fresh.n_blocks, "n_truncated": int(fresh.truncated.sum())},
+        {
+            "blocks": fresh.n_blocks,
+            "n_truncated": int(fresh.truncated.sum()),
+            "threads_per_worker": threads_per_worker,
+        },
     )
 
 
@@ -419,6 +447,7 @@ def _run_pipeline(
     block_rows: int,
     device: str,
     cpus_per_worker: float,
+    threads_per_worker: int,
     progress: bool,
 ) -> _Fresh:
     """Return the activations of every text, extracted by the actor pool, in corpus order."""
@@ -452,6 +481,7 @@ def _run_pipeline(
             "hook_names": hooks,
             "poolings": poolings,
             "batch_size": batch_size,
+            "threads": threads_per_worker,
         },
     )
     pooled: dict[str, np.ndarray] = {}
