@@ -1,13 +1,10 @@
 """Screening's cost next to the backbone forward it reads from (``audit bench --only screening``).
 
-Per batch of requests, as the serving path runs it: the plain serving forward up to the bank's
-deepest hook (the baseline); the same forward with the screens reading each hook the moment it
-is produced (``Screener.reads``: projections and pooling on fresh activations), then scoring,
-calibrating and deciding (top tokens included); and, reported separately, appending the batch's
-decisions to a real SQLite audit log (durable before it returns). Screening compute is the time
-spent in the reads plus the time after the forward. The three run interleaved batch by batch;
-medians of the totals over the repeats. The notes add the screened forward's total less the
-plain one's, a cross-check of the reads' cost as the forward sees it.
+Per batch of requests, as the serving path runs it: the serving forward up to the bank's deepest
+hook (the baseline), then the screens on that forward's activations right after it (pooling,
+every screen's logit, calibration, per-token attributions and top tokens, decisions), then,
+reported separately, appending the batch's decisions to a real SQLite audit log (durable before
+it returns). Medians of the totals over the repeats.
 """
 
 from __future__ import annotations
@@ -61,15 +58,14 @@ def bench_screening(ctx: Any) -> list[Any]:
     log = SQLiteAuditLog(folder / "audit_log.sqlite3", key=b"\x01" * 32)
     gate = ScreeningGate(screener, log)
 
-    def screened(i: int) -> tuple[float, float, float, list[Any]]:
-        """Run batch i as serving does; return (forward s, reads in it s, after it s, results)."""
+    def screened(i: int) -> tuple[float, float, list[Any]]:
+        """Run batch i as serving does; return (forward s, screening s, results)."""
         _, ids, mask = batches[i]
-        reads = screener.reads()
         start = time.perf_counter()
-        acts, used = bb.forward_tokens(ids, mask, screener.hooks, on_hook=reads)
+        acts, used = bb.forward_tokens(ids, mask, screener.hooks)
         mid = time.perf_counter()
-        results = screener.decide_all([[w] for w in screener.score_windows(acts, used, ids, reads)])
-        return mid - start, reads.seconds, time.perf_counter() - mid, results
+        results = screener.decide_all([[w] for w in screener.score_windows(acts, used, ids)])
+        return mid - start, time.perf_counter() - mid, results
 
     flag = gate.flag_threshold(None)
     records = [
@@ -83,7 +79,7 @@ def bench_screening(ctx: Any) -> list[Any]:
                 "request",
                 None,
             )
-            for r, result in zip(rows, screened(i)[3], strict=True)
+            for r, result in zip(rows, screened(i)[2], strict=True)
         ]
         for i, (rows, _, _) in enumerate(batches)
     ]
@@ -92,31 +88,23 @@ def bench_screening(ctx: Any) -> list[Any]:
         # Fresh decision ids each time: the log refuses a decision id it already holds.
         log.append([replace(rec, decision_id=new_decision_id()) for rec in records[i]])
 
-    # Batch by batch, interleaved: the plain serving forward (the baseline), the same forward
-    # with the screens reading each hook as it is produced and then scoring and deciding, and
-    # the batch's log append. Medians over the repeats of each path's total.
-    keys = ("forward", "screened_forward", "reads", "after", "log")
+    # Batch by batch: the serving forward (the baseline), the screens on its activations right
+    # after it (as serving runs them), then the batch's log append. Medians over the repeats of
+    # each total.
+    keys = ("forward", "screen", "log")
     totals: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(ctx.repeats):
         spent = dict.fromkeys(keys, 0.0)
         for i in range(len(batches)):
-            _, ids, mask = batches[i]
-            start = time.perf_counter()
-            bb.forward_tokens(ids, mask, screener.hooks)
-            spent["forward"] += time.perf_counter() - start
-            forward_s, reads_s, after_s, _ = screened(i)
-            spent["screened_forward"] += forward_s
-            spent["reads"] += reads_s
-            spent["after"] += after_s
+            forward_s, screen_s, _ = screened(i)
+            spent["forward"] += forward_s
+            spent["screen"] += screen_s
             start = time.perf_counter()
             write(i)
             spent["log"] += time.perf_counter() - start
         for k in keys:
             totals[k].append(spent[k])
     seconds = {k: statistics.median(v) for k, v in totals.items()}
-    screen_s = statistics.median(
-        [r + a for r, a in zip(totals["reads"], totals["after"], strict=True)]
-    )
     n_logged = log.count()
     verified = log.verify().ok
     log.close()
@@ -127,13 +115,8 @@ def bench_screening(ctx: Any) -> list[Any]:
         "hooks": list(screener.hooks),
         "bank": bank.version,
         "timing": (
-            "plain forward, screened forward (+ scoring and decisions) and log write interleaved "
-            "batch by batch; medians of totals over the repeats"
-        ),
-        "screen_reads_inside_forward_s": round(seconds["reads"], 5),
-        "screen_after_forward_s": round(seconds["after"], 5),
-        "screened_forward_minus_plain_s": round(
-            seconds["screened_forward"] - seconds["forward"], 5
+            "each batch's serving forward, then the screens on its activations, then its log "
+            "append; medians of totals over the repeats"
         ),
     }
     return [
@@ -141,7 +124,7 @@ def bench_screening(ctx: Any) -> list[Any]:
             benchmark="screening",
             name="screening compute / serving forward",
             unit="s",
-            ours=screen_s,
+            ours=seconds["screen"],
             baseline=seconds["forward"],
             baseline_name="backbone forward to the deepest screened layer",
             goal=0.01,

@@ -39,11 +39,6 @@ logger = logging.getLogger(__name__)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-# Called with (hook name, activation [rows, pos, d_model], attention mask [rows, pos]) as soon as
-# a forward produces the hook's activation (``Backbone.forward_tokens(on_hook=...)``).
-HookReader = Callable[[str, torch.Tensor, torch.Tensor], None]
-
-
 class _StopForward(Exception):
     """Raised from a hook once the deepest needed layer has run."""
 
@@ -582,21 +577,12 @@ class Backbone:
         return result
 
     def _forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        hook_names: Sequence[str],
-        *,
-        on_hook: HookReader | None = None,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hook_names: Sequence[str]
     ) -> dict[str, torch.Tensor]:
         self.n_forward_passes += 1
         if all(parse_resid(h) is not None for h in hook_names):
-            return self._forward_plain(input_ids, attention_mask, hook_names, on_hook=on_hook)
-        acts = self._forward_bridge(input_ids, attention_mask, hook_names)
-        if on_hook is not None:  # the bridge's cache is whole only after its forward
-            for hook in hook_names:
-                on_hook(hook, acts[hook], attention_mask)
-        return acts
+            return self._forward_plain(input_ids, attention_mask, hook_names)
+        return self._forward_bridge(input_ids, attention_mask, hook_names)
 
     def _forward_plain(
         self,
@@ -605,8 +591,6 @@ class Backbone:
         hook_names: Sequence[str],
         model: nn.Module | None = None,
         layers: list[nn.Module] | None = None,
-        *,
-        on_hook: HookReader | None = None,
     ) -> dict[str, torch.Tensor]:
         model = model if model is not None else self._plain
         layers = layers if layers is not None else self._plain_layers
@@ -624,17 +608,13 @@ class Backbone:
             if p.post:
                 handles.append(
                     layer.register_forward_hook(
-                        self._capture_post(
-                            hook, captured, stop_at == ("post", p.layer), on_hook, attention_mask
-                        )
+                        self._capture_post(hook, captured, stop_at == ("post", p.layer))
                     )
                 )
             else:
                 handles.append(
                     layer.register_forward_pre_hook(
-                        self._capture_pre(
-                            hook, captured, stop_at == ("pre", p.layer), on_hook, attention_mask
-                        ),
+                        self._capture_pre(hook, captured, stop_at == ("pre", p.layer)),
                         with_kwargs=True,
                     )
                 )
@@ -647,34 +627,18 @@ class Backbone:
         return captured
 
     @staticmethod
-    def _capture_post(
-        hook: str,
-        into: dict[str, torch.Tensor],
-        stop: bool,
-        on_hook: HookReader | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> Callable[..., None]:
+    def _capture_post(hook: str, into: dict[str, torch.Tensor], stop: bool) -> Callable[..., None]:
         def fn(_module: nn.Module, _args: Any, output: Any) -> None:
             into[hook] = _first(output)
-            if on_hook is not None:
-                on_hook(hook, into[hook], mask)  # type: ignore[arg-type]
             if stop:
                 raise _StopForward
 
         return fn
 
     @staticmethod
-    def _capture_pre(
-        hook: str,
-        into: dict[str, torch.Tensor],
-        stop: bool,
-        on_hook: HookReader | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> Callable[..., None]:
+    def _capture_pre(hook: str, into: dict[str, torch.Tensor], stop: bool) -> Callable[..., None]:
         def fn(_module: nn.Module, args: tuple, kwargs: dict) -> None:
             into[hook] = args[0] if args else kwargs["hidden_states"]
-            if on_hook is not None:
-                on_hook(hook, into[hook], mask)  # type: ignore[arg-type]
             if stop:
                 raise _StopForward
 
@@ -757,15 +721,8 @@ class Backbone:
         hook_names: Sequence[str],
         *,
         width: int | None = None,
-        on_hook: HookReader | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Return per-token activations of already tokenised rows (see ``forward_padded``).
-
-        ``on_hook(hook, activation, mask)`` is called for each of ``hook_names`` as soon as the
-        forward produces it (on the residual fast path, before later blocks run, while the
-        activation is still in cache), so a reader such as a screener can do its memory-bound work
-        on fresh data; ``mask`` is the one returned here.
-        """
+        """Return per-token activations of already tokenised rows (see ``forward_padded``)."""
         hooks = check_hook_names(hook_names, self.hook_names)
         ids, mask = input_ids, attention_mask
         if width is not None and width != ids.shape[1]:
@@ -781,7 +738,7 @@ class Backbone:
                 mask = nn.functional.pad(mask, (0, extra), value=0)
         ids, mask = ids.to(self.device), mask.to(self.device)
         with self._lock, torch.inference_mode():
-            acts = self._forward(ids, mask, hooks, on_hook=on_hook)
+            acts = self._forward(ids, mask, hooks)
         return acts, mask
 
 

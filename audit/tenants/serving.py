@@ -24,7 +24,7 @@ import torch
 
 from audit.tenants.heads import Head, HeadOutput, PooledHead, load_head
 from audit.tenants.registry import NotFoundError
-from probes.backbone import Backbone, HookReader
+from probes.backbone import Backbone
 from probes.errors import InvalidInputError
 from probes.hooks import parse_resid
 from probes.pooling import pool
@@ -38,10 +38,6 @@ class Tap(Protocol):
     """Reads a chunk's per-token activations (e.g. a screener); ``hooks`` are added to the pass."""
 
     hooks: Sequence[str]
-
-    def reads(self) -> HookReader | None:
-        """Return what to call as the next chunk's forward produces each hook, if anything."""
-        ...
 
     def __call__(
         self,
@@ -80,8 +76,7 @@ def run_mixed(
     ``also``: readers such as screening probes that share the same forward), then every head on
     its own rows. Each row's output is bit-for-bit the one it gets when served alone.
     ``tap`` is called once per chunk with that chunk's per-token activations (its ``hooks``
-    included in the pass), the mask, the token ids and the chunk's row indices; what its
-    ``reads()`` returns is called inside the pass as each hook is produced. A row whose head
+    included in the pass), the mask, the token ids and the chunk's row indices. A row whose head
     is ``None`` runs only for ``tap`` and ``also`` (a request that is screened, not predicted).
     """
     if len(heads) != len(texts):
@@ -116,13 +111,7 @@ def run_mixed(
         if not hooks:  # screened-only rows with nothing to screen them: no forward to run
             continue
         ids = tokens.input_ids[rows]
-        acts, mask = backbone.forward_tokens(
-            ids,
-            tokens.attention_mask[rows],
-            hooks,
-            width=width,
-            on_hook=tap.reads() if tap is not None else None,
-        )
+        acts, mask = backbone.forward_tokens(ids, tokens.attention_mask[rows], hooks, width=width)
         passes += 1
         if tap is not None:
             tap(acts, mask, ids, rows)
@@ -446,12 +435,6 @@ class _WindowTap:
         self.screener = screener
         self.hooks: Sequence[str] = tuple(screener.hooks)
         self.scores: list[Any] = [None] * n_rows
-        self._reads: Any = None
-
-    def reads(self) -> HookReader:
-        """Return the screener's reader for the next chunk's forward (projections while fresh)."""
-        self._reads = self.screener.reads()
-        return self._reads  # type: ignore[no-any-return]
 
     def __call__(
         self,
@@ -460,8 +443,7 @@ class _WindowTap:
         input_ids: torch.Tensor,
         rows: np.ndarray,
     ) -> None:
-        scored = self.screener.score_windows(acts, mask, input_ids, self._reads)
-        self._reads = None
+        scored = self.screener.score_windows(acts, mask, input_ids)
         for row, score in zip(rows, scored, strict=True):
             self.scores[int(row)] = score
 

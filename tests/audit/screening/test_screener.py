@@ -57,29 +57,6 @@ def test_token_terms_add_up_to_each_screens_logit(screener, screen_bank, backbon
         np.testing.assert_allclose(logits, screen.raw_logits(pooled), rtol=1e-4, atol=1e-4)
 
 
-def test_reads_taken_inside_the_forward_give_the_same_scores(screener, backbone, sample):
-    batch = backbone.tokenize(sample.texts[:8])
-    reads = screener.reads()
-    acts, mask = backbone.forward_tokens(
-        batch.input_ids, batch.attention_mask, screener.hooks, on_hook=reads
-    )
-    # Every screened hook was read while the forward ran, and the time it took is counted.
-    assert sorted(reads.parts) == screener.hooks
-    assert reads.mask is mask and reads.seconds > 0
-    fused = screener.score_windows(acts, mask, batch.input_ids, reads)
-    after = screener.score_windows(acts, mask, batch.input_ids)
-    for a, b in zip(fused, after, strict=True):
-        assert a.logits == pytest.approx(b.logits, abs=1e-6)
-        assert [t for t, _ in a.top_tokens] == [t for t, _ in b.top_tokens]
-        assert a.span_logit == pytest.approx(b.span_logit, abs=1e-6)
-    # Reads of another forward are never used for this one: they are read again from acts.
-    other = backbone.tokenize(sample.texts[8:16])
-    acts2, mask2 = backbone.forward_tokens(other.input_ids, other.attention_mask, screener.hooks)
-    stale = screener.score_windows(acts2, mask2, other.input_ids, reads)
-    fresh = screener.score_windows(acts2, mask2, other.input_ids)
-    assert [w.logits for w in stale] == [w.logits for w in fresh]
-
-
 def test_top_tokens_point_at_the_harmful_words(screener):
     [result] = screener.screen([HARMFUL])
     assert result.action == "block"
