@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
-from audit.cli_common import emit_json, friendly
+from audit.cli_common import backbone_options, emit_json, friendly
 from audit.errors import AuditError
 
 DEFAULT_MAX_SAMPLES = 2000
@@ -29,25 +27,6 @@ def main(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-
-
-def _backbone_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option(
-        "--max-length",
-        type=click.IntRange(min=2),
-        default=None,
-        help="Cut texts to this many tokens (default: the model's context). Cuts are counted.",
-    )(fn)
-    fn = click.option(
-        "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto."
-    )(fn)
-    return click.option(
-        "--backbone",
-        "backbone_spec",
-        default="minilm",
-        show_default=True,
-        help="Bundled alias (minilm, smollm2), a local HF model folder, or a HF model name.",
-    )(fn)
 
 
 @main.command()
@@ -70,7 +49,7 @@ def _backbone_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     type=click.Path(path_type=Path),
     help='Your own JSONL of {"text", "label"} lines. Repeatable.',
 )
-@_backbone_options
+@backbone_options
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -393,7 +372,7 @@ def datasets(show_requests: bool, as_json: bool) -> None:
 
 
 @main.command()
-@_backbone_options
+@backbone_options
 @click.option("--hooks", "show_hooks", is_flag=True, help="Also list every hook name.")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
@@ -419,7 +398,7 @@ def backbone(
 
 @main.command()
 @click.option("--quick", is_flag=True, help="Small sizes for CI (seconds).")
-@_backbone_options
+@backbone_options
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("reports/bench"), show_default=True
 )

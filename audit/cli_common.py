@@ -39,7 +39,7 @@ def backbone_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--max-length",
         type=click.IntRange(min=2),
         default=None,
-        help="Cut texts to this many tokens (default: the model's context).",
+        help="Cut texts to this many tokens (default: the model's context). Cuts are counted.",
     )(fn)
     fn = click.option(
         "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto."

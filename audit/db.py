@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from audit.errors import AuditError
@@ -26,6 +26,13 @@ from audit.errors import AuditError
 URL_SCHEMES = ("postgresql", "postgres")
 DATABASE_URL_ENV = "AUDIT_DATABASE_URL"
 CONNECT_TIMEOUT_S = 10
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closable)  # a connection
 
 
 class DatabaseUrlError(AuditError, ValueError):
@@ -267,6 +274,28 @@ def create_schema(
     except BaseException:
         rollback(conn)
         raise
+
+
+def prepared(
+    conn: C,
+    setup: Callable[[C], None],
+    errors: type[Exception] | tuple[type[Exception], ...],
+    refusal: Callable[[Exception], Exception],
+) -> C:
+    """Return ``conn`` once ``setup(conn)`` ran (schema creation, migrations).
+
+    If setup fails the connection is closed: a database error of ``errors`` becomes
+    ``refusal(exc)`` (a message naming the store and the fix), anything else propagates as is.
+    """
+    try:
+        setup(conn)
+    except errors as exc:
+        conn.close()
+        raise refusal(exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def is_newer(found: str, version: int) -> bool:

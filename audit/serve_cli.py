@@ -59,6 +59,33 @@ def serving_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def api_settings(limits: dict[str, Any]) -> ApiSettings:
+    """Return the API settings from the serving options' limits; a bad one is a usage error
+    naming its option."""
+    from pydantic import ValidationError
+
+    try:
+        return ApiSettings(**limits)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise click.UsageError(problems) from exc
+
+
+def warn_without_admin_key() -> None:
+    """Warn on stderr when the owner key is unset (the owner routes then answer 503)."""
+    from audit.api.app import ADMIN_KEY_ENV
+
+    if not os.environ.get(ADMIN_KEY_ENV):
+        click.echo(
+            f"warning: {ADMIN_KEY_ENV} is not set, so the owner routes (creating tenants) "
+            "answer 503; set it to a long random secret.",
+            err=True,
+        )
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -109,10 +136,8 @@ def serve(
     one hash chain.
     """
     import uvicorn
-    from pydantic import ValidationError
 
     from audit.api import create_app
-    from audit.api.app import ADMIN_KEY_ENV
     from audit.db import is_database_url, redact_url
     from audit.errors import AuditError
     from audit.storage_faults import check_writable
@@ -120,14 +145,7 @@ def serve(
     from probes.errors import ProbesError
     from probes.home import audit_home
 
-    try:
-        settings = ApiSettings(**limits)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise click.UsageError(problems) from exc
+    settings = api_settings(limits)
     try:  # a read-only or full store stops the server here, not at its first decision
         check_writable(audit_home())
     except AuditError as exc:
@@ -141,12 +159,7 @@ def serve(
             f"--database-url must be a postgresql:// URL. Got {redact_url(database_url)!r}; "
             "leave it out to keep the registry and the log in SQLite under AUDIT_HOME."
         )
-    if not os.environ.get(ADMIN_KEY_ENV):
-        click.echo(
-            f"warning: {ADMIN_KEY_ENV} is not set, so the owner routes (creating tenants) "
-            "answer 503; set it to a long random secret.",
-            err=True,
-        )
+    warn_without_admin_key()
     bank = None
     if screening:
         from audit.screening.catalog import latest_bank, load_or_fit_bank

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 from pathlib import Path
@@ -11,8 +10,7 @@ from typing import Any
 
 import click
 
-from audit.api.settings import ApiSettings
-from audit.serve_cli import serving_options
+from audit.serve_cli import api_settings, serving_options, warn_without_admin_key
 
 
 @click.command("serve-ray")
@@ -89,28 +87,13 @@ def serve_ray(
     Replicas on several machines need --database-url: SQLite files are for one machine. Each
     answer names its replica in the x-audit-replica header. Runs until interrupted (Ctrl-C).
     """
-    from pydantic import ValidationError
-
-    from audit.api.app import ADMIN_KEY_ENV
     from audit.errors import AuditError
     from audit.scale.serve_ray import describe, run_replicas
     from probes.errors import ProbesError
     from probes.home import audit_home
 
-    try:
-        settings = ApiSettings(**limits)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise click.UsageError(problems) from exc
-    if not os.environ.get(ADMIN_KEY_ENV):
-        click.echo(
-            f"warning: {ADMIN_KEY_ENV} is not set, so the owner routes (creating tenants) "
-            "answer 503; set it to a long random secret.",
-            err=True,
-        )
+    settings = api_settings(limits)
+    warn_without_admin_key()
     home: Path = audit_home()
     try:
         served = run_replicas(

@@ -58,7 +58,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, Self, get_args, runtime_checkable
 
-from audit.db import DBConnection, begin_write, database_errors, integrity_errors
+from audit.db import DBConnection, begin_write, database_errors, integrity_errors, prepared
 from audit.sqlite_db import connect, create_schema, rollback
 from probes.errors import CorruptArtifactError, InvalidInputError
 from probes.home import audit_home
@@ -1001,15 +1001,12 @@ class SQLiteAuditLog(SQLAuditLog):
             conn = _connect(self.path)
         except sqlite3.DatabaseError as exc:
             raise self._damaged(exc) from exc
-        try:
-            create_schema(conn, _SCHEMA, LOG_SCHEMA_VERSION, self._refuse_version)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise self._damaged(exc) from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return prepared(
+            conn,
+            lambda c: create_schema(c, _SCHEMA, LOG_SCHEMA_VERSION, self._refuse_version),
+            sqlite3.DatabaseError,
+            self._damaged,
+        )
 
     def _damaged(self, exc: Exception) -> AuditLogError:
         return AuditLogError(

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from audit.db import PgConnection, create_schema, redact_url
+from audit.db import PgConnection, create_schema, prepared, redact_url
 from audit.screening.log import (
     _COLUMNS,
     _SCHEMA,
@@ -75,22 +75,21 @@ class PostgresAuditLog(SQLAuditLog):
     def _open(self) -> PgConnection:
         import psycopg
 
-        conn = self._connect()
-        try:
-            create_schema(
-                conn, _SCHEMA, LOG_SCHEMA_VERSION, self._refuse_version, lock_name="audit log"
-            )
-        except psycopg.Error as exc:
-            conn.close()
-            raise AuditLogError(
+        def refusal(exc: Exception) -> AuditLogError:
+            return AuditLogError(
                 f"Cannot open the audit log in {self.location!r}: {str(exc).strip()}. Check "
                 "that the URL's user may create tables in the database, or point "
                 "--database-url at another database."
-            ) from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+            )
+
+        return prepared(
+            self._connect(),
+            lambda c: create_schema(
+                c, _SCHEMA, LOG_SCHEMA_VERSION, self._refuse_version, lock_name="audit log"
+            ),
+            psycopg.Error,
+            refusal,
+        )
 
     def _stream(self) -> Iterator[Any]:
         conn = self._connect()

@@ -40,6 +40,7 @@ from audit.db import (
     create_schema,
     is_database_url,
     is_postgres,
+    prepared,
     redact_url,
     rollback,
 )
@@ -378,37 +379,29 @@ class Registry:
             )
         except sqlite3.DatabaseError as exc:
             raise self._damaged(exc) from exc
-        try:
-            create_schema(conn, _SCHEMA, SCHEMA_VERSION, self._refuse_version)
-            self._add_columns(conn)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise self._damaged(exc) from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return prepared(conn, self._create_schema, sqlite3.DatabaseError, self._damaged)
 
     def _open_postgres(self, url: str) -> PgConnection:
         import psycopg
 
-        conn = PgConnection(url, schema=PG_SCHEMA)
-        try:
-            create_schema(
-                conn, _SCHEMA, SCHEMA_VERSION, self._refuse_version, lock_name=_WRITE_LOCK
-            )
-            self._add_columns(conn)
-        except psycopg.Error as exc:
-            conn.close()
-            raise RegistryError(
+        def refusal(exc: Exception) -> RegistryError:
+            return RegistryError(
                 f"Cannot open the tenant registry in {self.location!r}: {str(exc).strip()}. "
                 "Check that the URL's user may create tables in the database, or point "
                 "--database-url at another database."
-            ) from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+            )
+
+        return prepared(
+            PgConnection(url, schema=PG_SCHEMA),
+            lambda c: self._create_schema(c, lock_name=_WRITE_LOCK),
+            psycopg.Error,
+            refusal,
+        )
+
+    def _create_schema(self, conn: DBConnection, lock_name: str = "schema") -> None:
+        """Create the tables (or check their version) and add the columns newer than them."""
+        create_schema(conn, _SCHEMA, SCHEMA_VERSION, self._refuse_version, lock_name=lock_name)
+        self._add_columns(conn)
 
     @staticmethod
     def _add_columns(conn: DBConnection) -> None:
