@@ -1,10 +1,12 @@
 """Screening's cost next to the backbone forward it reads from (``audit bench --only screening``).
 
 Per batch of requests, as the serving path runs it: the serving forward up to the bank's deepest
-hook (the baseline), then the screens on that forward's activations right after it (pooling,
-every screen's logit, calibration, per-token attributions and top tokens, decisions), then,
-reported separately, appending the batch's decisions to a real SQLite audit log (durable before
-it returns). Medians of the totals over the repeats.
+hook (the baseline); then the screens on that forward's activations right after it
+(``Screener.screen_forward``: pooling, every screen's logit, calibration, per-token attributions
+and top tokens, each text's result) and each request's decision as the gate makes it (one text
+per request: the tenant's thresholds, a decision id); then, reported separately, the batch's log
+records built and appended to a real SQLite audit log (durable before it returns). Medians of
+the totals over the repeats.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,8 @@ def bench_screening(ctx: Any) -> list[Any]:
     """Screening compute and the log write, each against the serving forward they follow."""
     from audit.bench import Figure
     from audit.screening.gate import ScreeningGate
-    from audit.screening.log import SQLiteAuditLog, new_decision_id
-    from audit.screening.screener import Screener
+    from audit.screening.log import SQLiteAuditLog
+    from audit.screening.screener import Screener, ScreenResult
 
     bb = ctx.backbone
     bank = _bank(bb, ctx.quick)
@@ -57,51 +58,40 @@ def bench_screening(ctx: Any) -> list[Any]:
     folder = Path(tempfile.mkdtemp(prefix="bench-screen-log-"))
     log = SQLiteAuditLog(folder / "audit_log.sqlite3", key=b"\x01" * 32)
     gate = ScreeningGate(screener, log)
+    whole = [0] * len(batches)  # per batch: texts the forward read whole (decided right there)
 
-    def screened(i: int) -> tuple[float, float, list[Any]]:
-        """Run batch i as serving does; return (forward s, screening s, results)."""
-        _, ids, mask = batches[i]
+    def run(i: int, spent: dict[str, float]) -> None:
+        """Serve batch i: its forward, its screening, its log append, each timed."""
+        rows, ids, mask = batches[i]
+        batch_texts = [texts[int(r)] for r in rows]
         start = time.perf_counter()
         acts, used = bb.forward_tokens(ids, mask, screener.hooks)
-        mid = time.perf_counter()
-        results = screener.decide_all([[w] for w in screener.score_windows(acts, used, ids)])
-        return mid - start, time.perf_counter() - mid, results
-
-    flag = gate.flag_threshold(None)
-    records = [
-        [
-            gate._record(
-                texts[int(r)],
-                result,
-                gate._decision(result, flag),
-                "bench-tenant",
-                "bench-head",
-                "request",
-                None,
-            )
-            for r, result in zip(rows, screened(i)[2], strict=True)
+        forward_end = time.perf_counter()
+        firsts = screener.screen_forward(acts, used, ids, batch_texts)
+        whole[i] = sum(isinstance(f, ScreenResult) for f in firsts)
+        decided = [
+            gate.decide([text], tenant_id="bench-tenant", first_windows={0: first})
+            for text, first in zip(batch_texts, firsts, strict=True)
         ]
-        for i, (rows, _, _) in enumerate(batches)
-    ]
+        screen_end = time.perf_counter()
+        log.append(
+            [
+                gate._record(text, r, d, "bench-tenant", "bench-head", "request", None)
+                for text, ([r], [d]) in zip(batch_texts, decided, strict=True)
+            ]
+        )
+        spent["forward"] += forward_end - start
+        spent["screen"] += screen_end - forward_end
+        spent["log"] += time.perf_counter() - screen_end
 
-    def write(i: int) -> None:
-        # Fresh decision ids each time: the log refuses a decision id it already holds.
-        log.append([replace(rec, decision_id=new_decision_id()) for rec in records[i]])
-
-    # Batch by batch: the serving forward (the baseline), the screens on its activations right
-    # after it (as serving runs them), then the batch's log append. Medians over the repeats of
-    # each total.
+    run(0, dict.fromkeys(("forward", "screen", "log"), 0.0))  # first-use costs, untimed
+    # Batch by batch, as serving runs them; medians over the repeats of each total.
     keys = ("forward", "screen", "log")
     totals: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(ctx.repeats):
         spent = dict.fromkeys(keys, 0.0)
         for i in range(len(batches)):
-            forward_s, screen_s, _ = screened(i)
-            spent["forward"] += forward_s
-            spent["screen"] += screen_s
-            start = time.perf_counter()
-            write(i)
-            spent["log"] += time.perf_counter() - start
+            run(i, spent)
         for k in keys:
             totals[k].append(spent[k])
     seconds = {k: statistics.median(v) for k, v in totals.items()}
@@ -114,9 +104,11 @@ def bench_screening(ctx: Any) -> list[Any]:
         "screens": [s.spec.name for s in bank.screens],
         "hooks": list(screener.hooks),
         "bank": bank.version,
+        "decided_in_forward": sum(whole),
         "timing": (
-            "each batch's serving forward, then the screens on its activations, then its log "
-            "append; medians of totals over the repeats"
+            "each batch's serving forward, then screen_forward on its activations and each "
+            "request's gate decision (one text per request), then its log records and append; "
+            "medians of totals over the repeats"
         ),
     }
     return [

@@ -30,9 +30,9 @@ REFUSAL = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per request: slotted, not frozen (see screener.WindowScore)
 class GateDecision:
-    """One text's screening outcome as the serving path reports it."""
+    """One text's screening outcome as the serving path reports it (treat it as a value)."""
 
     decision_id: str
     action: str  # allow | flag | block
@@ -103,11 +103,10 @@ class ScreeningGate:
 
     def flag_threshold(self, tenant_id: str | None) -> float:
         """Return the flag threshold that applies to ``tenant_id`` under the current bank."""
-        primary = self.bank.screen(self.bank.primary)
         entry = self._flags.get(tenant_id or "")
         if entry and entry.get("bank_version") == self.bank.version:
             return float(entry["flag"]["value"])
-        return float(primary.flag.value)
+        return float(self.bank.screen(self.bank.primary).flag.value)
 
     def recalibrate_flag(
         self, tenant_id: str, benign_texts: Sequence[str], target_fpr: float = 0.05
@@ -148,21 +147,50 @@ class ScreeningGate:
         tenant_id: str | None = None,
         head_id: str | None = None,
         kind: str = "request",
-        first_windows: Mapping[int, WindowScore] | None = None,
+        first_windows: Mapping[int, WindowScore | ScreenResult] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> list[GateDecision]:
-        """Return one decision per text, each already appended (durably) to the audit log."""
+        """Return one decision per text, each already appended (durably) to the audit log.
+
+        ``first_windows`` holds what a serving forward already gave for a text
+        (``Screener.screen_forward``): its finished result, or its first window's score.
+        """
+        results, decisions = self.decide(texts, tenant_id=tenant_id, first_windows=first_windows)
+        self.record(texts, results, decisions, tenant_id, head_id, kind, extra)
+        return decisions
+
+    def decide(
+        self,
+        texts: Sequence[str],
+        *,
+        tenant_id: str | None = None,
+        first_windows: Mapping[int, WindowScore | ScreenResult] | None = None,
+    ) -> tuple[list[ScreenResult], list[GateDecision]]:
+        """Return each text's screening result and its decision under ``tenant_id``'s thresholds
+        (nothing logged: ``record`` does that)."""
         results = self.screener.screen(texts, first_windows=first_windows)
         flag_value = self.flag_threshold(tenant_id)
-        decisions = [self._decision(r, flag_value) for r in results]
-        if self.log is not None:
-            self.log.append(
-                [
-                    self._record(text, result, decision, tenant_id, head_id, kind, extra)
-                    for text, result, decision in zip(texts, results, decisions, strict=True)
-                ]
-            )
-        return decisions
+        return results, [self._decision(r, flag_value) for r in results]
+
+    def record(
+        self,
+        texts: Sequence[str],
+        results: Sequence[ScreenResult],
+        decisions: Sequence[GateDecision],
+        tenant_id: str | None = None,
+        head_id: str | None = None,
+        kind: str = "request",
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append one record per decision to the audit log (durable when this returns)."""
+        if self.log is None:
+            return
+        self.log.append(
+            [
+                self._record(text, result, decision, tenant_id, head_id, kind, extra)
+                for text, result, decision in zip(texts, results, decisions, strict=True)
+            ]
+        )
 
     def _decision(self, result: ScreenResult, flag_value: float) -> GateDecision:
         d = result.decision

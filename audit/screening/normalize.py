@@ -29,6 +29,7 @@ _CONFUSABLES = str.maketrans(
     }
 )  # fmt: skip
 _WORD = re.compile(r"\w+")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
 def _is_latin(char: str) -> bool:
@@ -50,6 +51,10 @@ def canonical_text(text: str) -> str:
     ``canonical_text(t) is t`` to skip screening a second form.
     """
     if text.isascii():
+        return text
+    if unicodedata.is_normalized("NFKC", text) and not any(
+        unicodedata.category(c) == "Cf" or _is_confusable(c) for c in _NON_ASCII.findall(text)
+    ):  # nothing below would change it (most non-ASCII texts: accents, other scripts)
         return text
     changed = _without_format_characters(unicodedata.normalize("NFKC", text))
     letters = [c for c in changed if c.isalpha()]

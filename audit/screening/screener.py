@@ -18,18 +18,16 @@ to the token holding it), so the tokens with the largest terms are the ones that
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
-from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
+from audit.screening import kernels
 from audit.screening.normalize import canonical_text
 from audit.screening.screens import Action, Screen, ScreenBank, ScreenDecision
 from probes.errors import FingerprintMismatchError, InvalidInputError
@@ -39,31 +37,6 @@ DEFAULT_TOP_K = 8
 DEFAULT_SPAN_TOKENS = 32
 MAX_CANONICAL_GROWTH = 4  # NFKC can lengthen a text; its canonical form is cut at 4x
 MAX_SEGMENTS = 64  # a text's lines beyond this many are merged into runs of lines
-
-
-@functools.cache
-def _blas_libraries() -> tuple[Any, ...]:
-    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
-
-
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Run the body with numpy's BLAS on one thread (restored after).
-
-    The screens' products are skinny ([tokens, d_model] by a few columns): waking BLAS threads
-    next to the backbone's own costs many times the product itself (measured: 13 ms against 0.5
-    ms for 4,096 tokens on a busy two-core machine). The libraries are looked up once: a
-    threadpoolctl limit re-inspects the process each time (34 us against 9 us here).
-    """
-    libraries = _blas_libraries()
-    before = [lib.num_threads for lib in libraries]
-    for lib in libraries:
-        lib.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lib, n in zip(libraries, before, strict=True):
-            lib.set_num_threads(n)
 
 
 class TextTooLongError(InvalidInputError):
@@ -108,24 +81,33 @@ class ScreenResult:
         return self.decision.score
 
 
-@dataclass(frozen=True)
-class _Frame:
-    """A forward's mask as the screens read it: real tokens, their counts, whether any row pads."""
+class _Reader:
+    """One (hook, pooling) read of a forward: every screen's weights on it, where its columns go.
 
-    mask: np.ndarray  # [rows, pos] bool
-    n_real: np.ndarray  # [rows], at least 1
-    scale: np.ndarray  # [rows, 1] float32: n_real
-    padded: bool
+    ``weights`` is [d_model, k] (``rows`` the same as [k, d_model], contiguous, for the kernel);
+    ``slots`` are its columns' places among the forward's read columns (mean readers first, so
+    their per-token products share one buffer). ``primary`` is the index, among its columns, of
+    the primary screen's, if the primary reads it.
+    """
+
+    __slots__ = ("pooling", "primary", "rows", "slots", "weights")
+
+    def __init__(self, pooling: str, weights: np.ndarray, primary: int | None) -> None:
+        self.pooling = pooling
+        self.weights = np.ascontiguousarray(weights, dtype=np.float32)
+        self.rows = np.ascontiguousarray(self.weights.T)
+        self.primary = primary
+        self.slots: list[int] = []
 
 
 @dataclass(slots=True)
-class _Read:
-    """One (hook, pooling) reader's share of a forward's logits."""
+class _Scored:
+    """One forward's rows as the screens read them, in arrays: objects are built when asked."""
 
-    cols: list[int]  # the screen columns it feeds
-    per_row: np.ndarray  # [rows, len(cols)]
-    terms: np.ndarray | None  # [rows, pos]: the primary's per-token terms, if it reads this
-    raw: np.ndarray | None  # the same not divided by the row length (mean pooling only)
+    logits: np.ndarray  # [rows, screens] raw logits (intercepts included), float64
+    span: np.ndarray | None  # [rows] the primary's strongest-span logit (None: no span read)
+    n_tokens: list[int]  # real tokens per row, special tokens included
+    top_tokens: list[tuple[tuple[str, float], ...]]  # the primary's top contributing tokens
 
 
 class _Direction:
@@ -209,8 +191,7 @@ class Screener:
         self._directions = {s.spec.name: _Direction(s, d_model) for s in bank.screens}
         self._names = [s.spec.name for s in bank.screens]
         self._intercepts = np.array([self._directions[n].intercept for n in self._names])
-        # Per reader: every screen's weights on it stacked [d_model, k], their screen columns,
-        # and the primary's column among them (None if the primary does not read it).
+        # Per (hook, pooling): the screen columns that read it and their weights on it.
         stacks: dict[tuple[str, str], list[tuple[int, torch.Tensor]]] = {}
         for col, name in enumerate(self._names):
             direction = self._directions[name]
@@ -223,37 +204,80 @@ class Screener:
         if primary_spec.pooling == "mean":
             self.span_tokens = bank.span.tokens if bank.span is not None else span_tokens
         self._primary_col = primary_col
-        self._projections = {
-            reader: (
-                torch.stack([w for _, w in pairs], dim=1).numpy(),
-                [c for c, _ in pairs],
-                next((i for i, (c, _) in enumerate(pairs) if c == primary_col), None),
-            )
-            for reader, pairs in sorted(stacks.items())
-        }
-        self.hooks = sorted({h for h, _ in bank.readers})
-        # The same readers grouped by hook: one forward hook reads them all at once.
-        self._by_hook: dict[str, list[tuple[str, tuple[np.ndarray, list[int], int | None]]]] = {}
-        for (hook, pooling), projection in self._projections.items():
-            self._by_hook.setdefault(hook, []).append((pooling, projection))
-        # Every reader's per-row columns side by side, in read order, map onto the screens'
-        # logits through one 0/1 matrix: one product instead of a fancy-indexed add per reader.
-        read_cols = [
-            c for parts in self._by_hook.values() for _, (_, cols, _) in parts for c in cols
-        ]
+        # Per hook, its readers: every screen's weights on each (hook, pooling) side by side.
+        self._plan: dict[str, list[_Reader]] = {}
+        for (hook, pooling), pairs in sorted(stacks.items()):
+            weights = torch.stack([w for _, w in pairs], dim=1).numpy()
+            at = next((i for i, (c, _) in enumerate(pairs) if c == primary_col), None)
+            self._plan.setdefault(hook, []).append(_Reader(pooling, weights, at))
+        self.hooks = sorted(self._plan)
+        # One compiled pass (kernels.score) reads each hook once, in order: every mean reader's
+        # columns and, when a max reader reads it too, its maxima. First / last readers (and
+        # every non-mean reader when the primary screen is one: its terms must be ready before
+        # that pass) read in numpy. Read columns are numbered in that order: means, the compiled
+        # pass's maxima, the rest; one 0/1 matrix maps them onto the screens' logits.
+        readers = [(h, r) for h, rs in self._plan.items() for r in rs]
+        self._primary_reads_other = any(
+            r.primary is not None and r.pooling != "mean" for _, r in readers
+        )
+        means = [(h, r) for h, r in readers if r.pooling == "mean"]
+        maxima = [(h, r) for h, r in readers if r.pooling == "max"]
+        if self._primary_reads_other:
+            maxima = []
+        self._others = [(h, r) for h, r in readers if r.pooling != "mean" and (h, r) not in maxima]
+        read_cols: list[int] = []
+        primary_mean: list[int] = []  # the primary's mean columns among the read columns
+        for hook, planned in [*means, *maxima, *self._others]:
+            cols = [c for c, _ in stacks[(hook, planned.pooling)]]
+            planned.slots = list(range(len(read_cols), len(read_cols) + len(cols)))
+            if planned.primary is not None and planned.pooling == "mean":
+                primary_mean.append(planned.slots[planned.primary])
+            read_cols += cols
         self._selector = np.zeros((len(read_cols), len(self._names)))
         self._selector[np.arange(len(read_cols)), read_cols] = 1.0
+        mean_of, max_of = dict(means), dict(maxima)
+        # (At least one hook: the compiled pass also counts tokens and picks the top ones.)
+        self._read_hooks = [h for h in self._plan if h in mean_of or h in max_of] or self.hooks[:1]
+        no_columns = np.zeros((0, d_model), dtype=np.float32)
+        self._n_compiled = sum(len(r.slots) for _, r in [*means, *maxima])
+        self._is_special = self._special_flags(tok)
+        self._score_plan = kernels.ScorePlan(
+            [mean_of[h].rows if h in mean_of else no_columns for h in self._read_hooks],
+            [max_of[h].rows if h in max_of else no_columns for h in self._read_hooks],
+            self._selector[: self._n_compiled],
+            self._intercepts,
+            primary_col,
+            primary_mean,
+            self.span_tokens or 0,
+            self.top_k,
+            self._is_special,
+        )
+        kernels.warm_up(self._score_plan)  # compile (or load) the kernels now, not on a request
+        # All-Platt banks calibrate every screen's column in one vectorised pass.
+        calibrators = [bank.screen(n).calibrator for n in self._names]
+        self._platt: np.ndarray | None = None
+        if all(c.method == "platt" for c in calibrators):
+            self._platt = np.array([c.params for c in calibrators], dtype=np.float64).T
+            self._platt_with_span = np.concatenate(
+                [self._platt, self._platt[:, primary_col : primary_col + 1]], axis=1
+            )
+        self._calibrators = calibrators
         self._vocab = [str(t) for t in tok.convert_ids_to_tokens(list(range(len(tok))))]
         # One past the vocabulary: ids beyond it (a padded forward's filler) read as "".
-        self._vocab_array = np.array([*self._vocab, ""], dtype=object)
-        # One flag per vocabulary id (and one past it, for ids beyond the vocabulary).
-        self._is_special = np.zeros(len(self._vocab) + 1, dtype=bool)
-        self._is_special[[i for i in tok.all_special_ids if 0 <= i < len(self._vocab)]] = True
-        self._is_special[-1] = True
+        self._words = [*self._vocab, ""]
         self._pad_id = int(tok.pad_token_id or 0)
         self._primary = bank.screen(bank.primary)
         self._version = bank.version
         self.n_forward_passes = 0
+
+    @staticmethod
+    def _special_flags(tok: Any) -> np.ndarray:
+        """Return one flag per vocabulary id (and one past it, for ids beyond the vocabulary)."""
+        size = len(tok)
+        flags = np.zeros(size + 1, dtype=bool)
+        flags[[i for i in tok.all_special_ids if 0 <= i < size]] = True
+        flags[-1] = True
+        return flags
 
     @property
     def reuses_serving_window(self) -> bool:
@@ -298,131 +322,112 @@ class Screener:
         ``input_ids`` are the forward's [rows, pos] (right-padded; only the first
         ``mask.shape[1]`` ids are read).
         """
-        with one_blas_thread():
-            return self._score_windows(acts, mask, input_ids)
+        return self._windows(self._score_batch(acts, mask, input_ids))
 
-    def _frame(self, mask: torch.Tensor) -> _Frame:
-        # numpy, not torch: a torch kernel right after the forward wakes its thread pool
-        # (measured 0.8 ms for this cast per 32-row batch, against microseconds in numpy).
-        m = mask.detach().cpu().numpy() != 0
-        n_real = np.maximum(m.sum(1), 1)
-        return _Frame(m, n_real, n_real.astype(np.float32)[:, None], not bool(m.all()))
-
-    def _read_hook(self, hook: str, acts: torch.Tensor, frame: _Frame) -> list[_Read]:
-        """Return every screen column's share of the logits from one hook's activations.
-
-        Per (hook, pooling) reader: its screen columns, their per-row terms, and the primary's
-        per-token terms (divided by the row length, and not, for the span read) when it reads it.
-        """
-        h = acts.detach().float().cpu().numpy()
-        m, n_real, scale = frame.mask, frame.n_real, frame.scale
-        n_rows, n_pos = m.shape
-        out = []
-        for pooling, (weights, cols, primary_col) in self._by_hook[hook]:
-            terms = raw = None
-            if pooling == "mean":
-                proj = _project(h.reshape(-1, h.shape[-1]), weights).reshape(n_rows, n_pos, -1)
-                proj *= m[:, :, None]
-                per_row = proj.sum(1) / scale
-                if primary_col is not None:
-                    raw = proj[:, :, primary_col]
-                    terms = raw / scale
-            elif pooling == "max":
-                top = _masked_max(h, n_real) if frame.padded else h.max(1)
-                per_row = top @ weights
-                if primary_col is not None:  # each dimension's term goes to its max token
-                    held = np.where(m[:, :, None], h, -np.inf) if frame.padded else h
-                    winner = held.argmax(1)  # [rows, d_model]: the token holding each maximum
-                    share = top * weights[:, primary_col]
-                    terms = np.zeros((n_rows, n_pos), dtype=np.float32)
-                    for r in range(n_rows):
-                        terms[r] += np.bincount(winner[r], weights=share[r], minlength=n_pos)
-            else:  # first / last: one token carries the whole term
-                at = np.zeros(n_rows, dtype=np.int64) if pooling == "first" else n_real - 1
-                per_row = h[np.arange(n_rows), at] @ weights
-                if primary_col is not None:
-                    terms = np.zeros((n_rows, n_pos), dtype=np.float32)
-                    terms[np.arange(n_rows), at] += per_row[:, primary_col]
-            out.append(_Read(cols, per_row, terms, raw if pooling == "mean" else None))
-        return out
-
-    def _score_windows(
+    def _score_batch(
         self,
         acts: Mapping[str, torch.Tensor],
         mask: torch.Tensor,
         input_ids: torch.Tensor,
-    ) -> list[WindowScore]:
-        # numpy from here: these ops are small, and torch's threads cost more than they save.
-        frame = self._frame(mask)
-        m, n_real = frame.mask, frame.n_real
-        ids = input_ids[:, : m.shape[1]].detach().cpu().numpy()
-        if ids.shape[1] < m.shape[1]:  # the forward padded wider than the ids
-            ids = np.pad(ids, ((0, 0), (0, m.shape[1] - ids.shape[1])), constant_values=0)
+    ) -> _Scored:
+        """Return every row's raw logits, span logit and top tokens from one forward's activations.
+
+        One compiled call (``kernels.score``) reads every hook once for all its mean- and
+        max-pooled screens and summarises each row; first and last readers read in numpy.
+        """
+        # numpy and compiled kernels from here: torch's threads would cost more than they save.
+        m = np.asarray(_numpy(mask), dtype=np.int64)
         n_rows, n_pos = m.shape
-        terms = np.zeros((n_rows, n_pos), dtype=np.float32)  # the primary's per-token terms
-        raw = np.zeros((n_rows, n_pos), dtype=np.float64)  # the same, not divided by the length
-        per_row = []
-        for hook in self._by_hook:
-            for part in self._read_hook(hook, acts[hook], frame):
-                per_row.append(part.per_row)
-                if part.terms is not None:
-                    terms += part.terms
-                if part.raw is not None and self.span_tokens is not None:
-                    raw += part.raw
-        # [rows, screens]: every screen's logit
-        logits = np.concatenate(per_row, axis=1) @ self._selector + self._intercepts
-        spans = self._span_logits(raw, n_real, logits[:, self._primary_col])
-        # Ids outside the tokenizer's vocabulary (a padded forward's filler) count as special.
-        special = self._is_special[np.minimum(ids, len(self._is_special) - 1)]
-        terms[~m | special] = -np.inf
-        k = min(self.top_k, n_pos)
-        index = np.argsort(-terms, axis=1, kind="stable")[:, :k]
-        values = np.take_along_axis(terms, index, 1)
-        n_top = np.isfinite(values).sum(1).tolist()  # -inf (padding, special) sorts last
-        top_ids = np.minimum(np.take_along_axis(ids, index, 1), len(self._vocab))
-        tokens = self._vocab_array[top_ids].tolist()
-        values_list = values.tolist()
-        names = self._names
-        span_list = [None] * n_rows if spans is None else spans.tolist()
-        return [
-            WindowScore(
-                dict(zip(names, row_logits, strict=True)),
-                tuple(zip(row_tokens[:n], row_values[:n], strict=True)),
-                n_tokens,
-                span,
-            )
-            for row_logits, row_tokens, row_values, n, n_tokens, span in zip(
-                logits.tolist(),
-                tokens,
-                values_list,
-                n_top,
-                n_real.tolist(),
-                span_list,
-                strict=True,
+        ids = np.asarray(_numpy(input_ids), dtype=np.int64)[:, :n_pos]
+        if ids.shape[1] < n_pos:  # the forward padded wider than the ids
+            ids = np.pad(ids, ((0, 0), (0, n_pos - ids.shape[1])), constant_values=0)
+        extra = others = None
+        if self._primary_reads_other:  # its terms from those readers must be ready first
+            n_real = np.maximum((m != 0).sum(1), 1)
+            others, extra = self._read_others(acts, m, n_real)
+        logits, spans, n_real, values, top_ids, counts, _ = kernels.score(
+            self._score_plan, [_float_numpy(acts[h]) for h in self._read_hooks], m, ids, extra
+        )
+        if self._others:  # first / last readers (or all non-mean ones): rare, in numpy
+            if others is None:
+                others, _ = self._read_others(acts, m, n_real)
+            # (A primary read by them is not mean-pooled, so it has no span read to correct.)
+            logits += others @ self._selector[self._n_compiled :]
+        word = self._words.__getitem__
+        top_tokens = [
+            tuple(zip(map(word, row_ids[:n]), row_values[:n], strict=True))
+            for row_ids, row_values, n in zip(
+                top_ids.tolist(), values.tolist(), counts.tolist(), strict=True
             )
         ]
+        return _Scored(
+            logits, spans if self.span_tokens is not None else None, n_real.tolist(), top_tokens
+        )
 
-    def _span_logits(
-        self, raw: np.ndarray, n_real: np.ndarray, whole: np.ndarray
+    def _read_others(
+        self, acts: Mapping[str, torch.Tensor], m: np.ndarray, n_real: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Return the numpy-read readers' columns ([rows, theirs], in read-column order) and the
+        primary's per-token terms from them, if it reads any."""
+        first = self._n_compiled
+        columns = np.zeros((m.shape[0], len(self._selector) - first))
+        terms = None
+        for hook, reader in self._others:
+            at = slice(reader.slots[0] - first, reader.slots[-1] + 1 - first)
+            share = self._pool_other(reader, _float_numpy(acts[hook]), m, n_real, columns, at)
+            if share is not None:
+                terms = share if terms is None else terms + share
+        return columns, terms
+
+    def _pool_other(
+        self,
+        reader: _Reader,
+        h: np.ndarray,
+        m: np.ndarray,
+        n_real: np.ndarray,
+        per_row: np.ndarray,
+        slots: slice,
     ) -> np.ndarray | None:
-        """Return the primary's logit over each row's strongest run of ``span_tokens`` tokens.
-
-        Rows no longer than the span keep their whole-window logit. ``raw`` holds each token's
-        unnormalised term (zero on padding); a run's logit is the intercept plus its mean term.
-        """
-        if self.span_tokens is None:
+        """Write a max / first / last reader's per-row logits into ``per_row[:, slots]``; return
+        the primary's per-token terms if the primary reads it (``m``: the mask, right-padded)."""
+        n_rows, n_pos = m.shape
+        if reader.pooling == "max":
+            top = _masked_max(h, n_real)
+            per_row[:, slots] = kernels.dot_rows(top, reader.rows)
+            if reader.primary is None:
+                return None
+            # Each dimension's term goes to the token holding its maximum.
+            held = np.where(m[:, :, None] != 0, h, -np.inf)
+            winner = held.argmax(1)  # [rows, d_model]
+            share = top * reader.weights[:, reader.primary]
+            terms = np.zeros((n_rows, n_pos), dtype=np.float32)
+            for r in range(n_rows):
+                terms[r] += np.bincount(winner[r], weights=share[r], minlength=n_pos)
+            return terms
+        # first / last: one token carries the whole term
+        at = np.zeros(n_rows, dtype=np.int64) if reader.pooling == "first" else n_real - 1
+        values = h[np.arange(n_rows), at] @ reader.weights
+        per_row[:, slots] = values
+        if reader.primary is None:
             return None
-        size = self.span_tokens
-        out = whole.astype(np.float64).copy()
-        long_rows = np.flatnonzero(n_real > size)
-        if len(long_rows):
-            cs = np.concatenate([np.zeros((len(long_rows), 1)), raw[long_rows].cumsum(1)], axis=1)
-            sums = cs[:, size:] - cs[:, :-size]  # [rows, pos - size + 1]: every run's total
-            starts = np.arange(sums.shape[1])[None, :]
-            valid = starts + size <= n_real[long_rows][:, None]  # runs inside the real tokens
-            best = np.where(valid, sums, -np.inf).max(1)
-            out[long_rows] = self._intercepts[self._primary_col] + best / size
-        return out
+        terms = np.zeros((n_rows, n_pos), dtype=np.float32)
+        terms[np.arange(n_rows), at] = values[:, reader.primary]
+        return terms
+
+    def _windows(self, scored: _Scored, rows: Sequence[int] | None = None) -> list[WindowScore]:
+        """Return ``rows`` of a scored forward (all by default) as window scores."""
+        names = self._names
+        logits = scored.logits.tolist()
+        spans = [None] * len(logits) if scored.span is None else scored.span.tolist()
+        return [
+            WindowScore(
+                dict(zip(names, logits[r], strict=True)),
+                scored.top_tokens[r],
+                scored.n_tokens[r],
+                spans[r],
+            )
+            for r in (range(len(logits)) if rows is None else rows)
+        ]
 
     @staticmethod
     def _token_terms(
@@ -455,10 +460,6 @@ class Screener:
 
     def decide_all(self, texts: Sequence[Sequence[WindowScore]]) -> list[ScreenResult]:
         """Return each text's result from its windows' scores (calibrated in one pass per screen)."""
-        with one_blas_thread():
-            return self._decide_all(texts)
-
-    def _decide_all(self, texts: Sequence[Sequence[WindowScore]]) -> list[ScreenResult]:
         if not self.segments:  # no segment windows are made: every window reads the whole text
             if any(not windows for windows in texts):
                 raise InvalidInputError("A text needs at least one window to be screened.")
@@ -507,87 +508,160 @@ class Screener:
 
     def _decide_whole(self, texts: Sequence[Sequence[WindowScore]]) -> list[ScreenResult]:
         flat = [w for windows in texts for w in windows]
-        calibrated = {
-            s.spec.name: s.calibrator(np.array([w.logits[s.spec.name] for w in flat]))
-            for s in self.bank.screens
-        }
-        primary, name = self._primary, self.bank.primary
-        block, flag = primary.block.value, primary.flag.value
-        counts = np.array([len(windows) for windows in texts])
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        # Per text (rows), every screen's highest window score (columns in bank order).
-        maxima = np.stack([np.maximum.reduceat(v, starts) for v in calibrated.values()], axis=1)
-        names = list(calibrated)
-        p_col = names.index(name)
-        main = calibrated[name]
-        # The deciding window: the primary's highest (the only one, for most requests).
-        best = np.zeros(len(texts), dtype=np.int64)
-        for many in np.flatnonzero(counts > 1):
-            best[many] = np.argmax(main[starts[many] : starts[many] + counts[many]])
-        span_best: np.ndarray | None = None
+        names = self._names
+        logits = np.array([[w.logits[n] for n in names] for w in flat], dtype=np.float64)
+        spans = None
         if self.span_tokens is not None:
-            span_scores = primary.calibrator(
-                np.array([w.span_logit if w.span_logit is not None else -np.inf for w in flat])
-            )
-            span_best = np.maximum.reduceat(span_scores, starts)
-            rule = self.bank.span
-            if rule is not None:
-                for t in range(len(texts)):
-                    whole = float(maxima[t, p_col])
-                    score = rule.effective(whole, float(span_best[t]), block, flag)
-                    if score > whole:  # the span decides: its window's tokens explain it
-                        window = span_scores[starts[t] : starts[t] + counts[t]]
-                        best[t] = np.argmax(window)
-                    maxima[t, p_col] = score
-        actions = np.where(
-            maxima[:, p_col] >= block, "block", np.where(maxima[:, p_col] >= flag, "flag", "allow")
-        ).tolist()
+            spans = np.array([-np.inf if w.span_logit is None else w.span_logit for w in flat])
+        return self._decide_arrays(
+            logits,
+            spans,
+            [len(windows) for windows in texts],
+            [w.top_tokens for w in flat],
+            [w.n_tokens for w in flat],
+        )
+
+    def _decide_arrays(
+        self,
+        logits: np.ndarray,
+        spans: np.ndarray | None,
+        counts: Sequence[int],
+        top_tokens: Sequence[tuple[tuple[str, float], ...]],
+        n_tokens: Sequence[int],
+    ) -> list[ScreenResult]:
+        """Return each text's result from its windows' raw logits ([windows, screens], texts'
+        windows consecutive, ``counts`` per text), span logits, top tokens and token counts."""
+        p_col = self._primary_col
+        if spans is not None:  # the span logit is calibrated as the primary's: one more column
+            logits = np.concatenate([logits, spans[:, None]], axis=1)
+        calibrated = self._calibrate_with_span(logits, spans is not None)
+        primary = self._primary
+        block, flag = primary.block.value, primary.flag.value
+        single = all(c == 1 for c in counts)
+        starts = list(range(len(counts))) if single else np.cumsum([0, *counts[:-1]]).tolist()
+        # Per text (rows), every screen's highest window score (columns in bank order; the span
+        # score last, when read).
+        maxima = calibrated if single else np.maximum.reduceat(calibrated, starts, axis=0)
+        main = calibrated[:, p_col].tolist()
         rows = maxima.tolist()
-        spans = None if span_best is None else span_best.tolist()
-        main_list = main.tolist()
-        version, layers = self._version, primary.spec.layers
+        n_screens = len(self._names)
+        rule = self.bank.span if spans is not None else None
+        names, version, layers, screen = (
+            self._names,
+            self._version,
+            primary.spec.layers,
+            self.bank.primary,
+        )
         results = []
-        for t, windows in enumerate(texts):
-            scores = dict(zip(names, rows[t], strict=True))
-            start = int(starts[t])
+        for t, (count, start) in enumerate(zip(counts, starts, strict=True)):
+            row = rows[t]
+            # The deciding window: the primary's highest (the only one, for most requests).
+            at = 0 if count == 1 else int(np.argmax(main[start : start + count]))
+            span_score = row[n_screens] if spans is not None else None
+            score = row[p_col]
+            if rule is not None:
+                effective = rule.effective(score, row[n_screens], block, flag)
+                if effective > score:  # the span decides: its window's tokens explain it
+                    if count > 1:
+                        at = int(np.argmax(calibrated[start : start + count, n_screens]))
+                    score = effective
+            action: Action = "block" if score >= block else "flag" if score >= flag else "allow"
+            scores = dict(zip(names, row, strict=False))
+            scores[screen] = score
             results.append(
                 ScreenResult(
-                    decision=ScreenDecision(
-                        decision=actions[t],
-                        score=rows[t][p_col],
-                        screen=name,
-                        version=version,
-                        block_threshold=block,
-                        flag_threshold=flag,
-                        scores=scores,
-                    ),
-                    top_tokens=windows[int(best[t])].top_tokens,
-                    layers=layers,
-                    n_tokens=windows[0].n_tokens
-                    if len(windows) == 1
-                    else sum(w.n_tokens for w in windows),
-                    n_windows=len(windows),
-                    window=int(best[t]),
-                    window_scores=tuple(main_list[start : start + len(windows)]),
-                    span_score=None if spans is None else spans[t],
+                    ScreenDecision(action, score, screen, version, block, flag, scores),
+                    top_tokens[start + at],
+                    layers,
+                    n_tokens[start] if count == 1 else sum(n_tokens[start : start + count]),
+                    count,
+                    at,
+                    (main[start],) if count == 1 else tuple(main[start : start + count]),
+                    span_score,
                 )
             )
         return results
+
+    def _calibrate_with_span(self, logits: np.ndarray, with_span: bool) -> np.ndarray:
+        """Calibrate [windows, screens (+ the span logit, as the primary's)] logits."""
+        if self._platt is not None:
+            params = self._platt_with_span if with_span else self._platt
+            return kernels.platt(logits, params[0], params[1])
+        calibrators = [*self._calibrators, self._primary.calibrator][: logits.shape[1]]
+        return np.stack([c(logits[:, j]) for j, c in enumerate(calibrators)], axis=1)
+
+    def screen_forward(
+        self,
+        acts: Mapping[str, torch.Tensor],
+        mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        texts: Sequence[str],
+    ) -> list[ScreenResult | WindowScore]:
+        """Screen a serving forward's rows: a result for each text that forward read whole.
+
+        A row is decided here, in one batched pass with the others, when its text fitted the
+        forward untruncated, has no look-alike form to screen too and no segments; every other
+        row gets its first window's score, for ``screen(first_windows=...)`` to finish with the
+        text's remaining windows. ``texts[i]`` is row i's text.
+        """
+        if not self.reuses_serving_window:
+            raise InvalidInputError(
+                "screen_forward needs window_tokens equal to the backbone's max_length."
+            )
+        scored = self._score_batch(acts, mask, input_ids)
+        done = [
+            r
+            for r, text in enumerate(texts)
+            if scored.n_tokens[r] < self.window_tokens and self._one_window(text)
+        ]
+        out: list[ScreenResult | WindowScore | None] = [None] * len(texts)
+        if done:
+            every = len(done) == len(texts)
+            at = slice(None) if every else np.asarray(done)
+            results = self._decide_arrays(
+                scored.logits[at],
+                None if scored.span is None else scored.span[at],
+                [1] * len(done),
+                scored.top_tokens if every else [scored.top_tokens[r] for r in done],
+                scored.n_tokens if every else [scored.n_tokens[r] for r in done],
+            )
+            for r, result in zip(done, results, strict=True):
+                out[r] = result
+        rest = [r for r, o in enumerate(out) if o is None]
+        for r, window in zip(rest, self._windows(scored, rest), strict=True):
+            out[r] = window
+        return [o for o in out if o is not None]
+
+    def _one_window(self, text: str) -> bool:
+        """Whether a text that fits one window is screened by that window alone (no look-alike
+        form, no segments)."""
+        if canonical_text(text) is not text:
+            return False
+        return not (self.segments and split_segments(text))
 
     def screen(
         self,
         texts: Sequence[str],
         *,
-        first_windows: Mapping[int, WindowScore] | None = None,
+        first_windows: Mapping[int, WindowScore | ScreenResult] | None = None,
         progress: bool = False,
     ) -> list[ScreenResult]:
         """Return one result per text, every window of every text scored.
 
-        ``first_windows`` maps a text's index to its first window's score when a serving forward
-        already produced it (``reuses_serving_window``); only the remaining windows run here.
+        ``first_windows`` maps a text's index to what a serving forward already produced for it
+        (``screen_forward``; ``reuses_serving_window``): its finished result, or its first
+        window's score, and then only the remaining windows run here.
         """
-        scored = self.score_texts(texts, first_windows=first_windows, progress=progress)
-        return self.decide_all(scored)
+        texts = self.check_texts(texts)
+        given = dict(first_windows or {})
+        done = {i: r for i, r in given.items() if isinstance(r, ScreenResult)}
+        if len(done) == len(texts):
+            return [done[i] for i in range(len(texts))]
+        rest = [i for i in range(len(texts)) if i not in done]
+        reuse = {k: w for k, i in enumerate(rest) if isinstance(w := given.get(i), WindowScore)}
+        scored = self.score_texts([texts[i] for i in rest], first_windows=reuse, progress=progress)
+        done.update(zip(rest, self.decide_all(scored), strict=True))
+        return [done[i] for i in range(len(texts))]
 
     def score_texts(
         self,
@@ -691,11 +765,34 @@ def _project(flat: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def _masked_max(h: np.ndarray, n_real: np.ndarray) -> np.ndarray:
     """Return each row's maximum over its first ``n_real[row]`` positions ([rows, pos, d]).
 
-    One reduction per row over its real tokens reads no padding and writes nothing: right after
-    a serving forward it beats filling a copy's padding with -inf (measured per 32-row batch:
-    0.34 ms against 0.46 ms) and a masked reduction (``where=``).
+    Nothing is copied or filled with -inf. Positions every row holds are reduced in one call;
+    past the shortest row, either each remaining position is folded in where rows hold it, or
+    each row is reduced over its own tokens, whichever takes fewer calls (a serving batch of
+    texts of similar length needs a handful).
     """
-    return np.stack([h[r, :n].max(0) for r, n in enumerate(n_real.tolist())])
+    shortest, n_pos = int(n_real.min()), h.shape[1]
+    if shortest >= n_pos:
+        return h.max(1)
+    if n_pos - shortest > len(n_real):
+        return np.stack([h[r, :n].max(0) for r, n in enumerate(n_real.tolist())])
+    top = h[:, :shortest].max(1)
+    for pos in range(shortest, n_pos):
+        np.maximum(top, h[:, pos], out=top, where=(n_real > pos)[:, None])
+    return top
+
+
+def _numpy(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Return a CPU tensor's values as numpy without a copy (other tensors are copied)."""
+    if isinstance(t, np.ndarray):
+        return t
+    if t.device.type == "cpu" and not t.requires_grad:
+        return t.numpy()
+    return t.detach().cpu().numpy()
+
+
+def _float_numpy(t: torch.Tensor) -> np.ndarray:
+    """Return activations as float32 numpy (a view when they already are, on the CPU)."""
+    return _numpy(t if t.dtype == torch.float32 else t.float())
 
 
 def _special_frame(tok: object) -> tuple[list[int], list[int]]:

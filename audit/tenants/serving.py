@@ -339,11 +339,12 @@ class InferenceEngine:
         return pending.future
 
     def submit_screen(self, texts: Sequence[str], screener: Any) -> Future[list[Any]]:
-        """Queue ``texts`` to be screened only; return a Future of their first-window scores.
+        """Queue ``texts`` to be screened only; return a Future of what their forward gave.
 
         They join the next mixed batch like predictions do, so concurrent screening requests
-        share backbone passes with each other and with predictions (``screener.score_windows``
-        on each chunk's activations).
+        share backbone passes with each other and with predictions (``screener.screen_forward``
+        on each chunk's activations: a finished result per text read whole, else its first
+        window's score).
         """
         if self._thread is None:
             self.start()
@@ -400,7 +401,7 @@ class InferenceEngine:
             return
         readers = sorted({r for item in live for r in item.readers})
         screener = next((item.screener for item in live if item.screener is not None), None)
-        tap = _WindowTap(screener, len(texts)) if screener is not None else None
+        tap = _WindowTap(screener, texts) if screener is not None else None
         try:
             result = run_mixed(
                 self.backbone, heads, texts, batch_size=self.max_batch, also=readers, tap=tap
@@ -429,12 +430,17 @@ class InferenceEngine:
 
 
 class _WindowTap:
-    """A Tap that scores every row's (first) window with a screener, kept by row index."""
+    """A Tap that screens every row's forward with a screener, kept by row index.
 
-    def __init__(self, screener: Any, n_rows: int) -> None:
+    Each row gets its text's finished result when the forward read the whole text, else its
+    first window's score (``Screener.screen_forward``).
+    """
+
+    def __init__(self, screener: Any, texts: Sequence[str]) -> None:
         self.screener = screener
+        self.texts = texts
         self.hooks: Sequence[str] = tuple(screener.hooks)
-        self.scores: list[Any] = [None] * n_rows
+        self.scores: list[Any] = [None] * len(texts)
 
     def __call__(
         self,
@@ -443,7 +449,8 @@ class _WindowTap:
         input_ids: torch.Tensor,
         rows: np.ndarray,
     ) -> None:
-        scored = self.screener.score_windows(acts, mask, input_ids)
+        texts = [self.texts[int(row)] for row in rows]
+        scored = self.screener.screen_forward(acts, mask, input_ids, texts)
         for row, score in zip(rows, scored, strict=True):
             self.scores[int(row)] = score
 

@@ -142,12 +142,12 @@ def test_screen_only_rows_share_the_batch_and_get_no_output(trained_heads, backb
 def test_engine_screens_concurrent_requests_in_shared_batches(
     trained_heads, backbone, screen_bank
 ) -> None:
-    from audit.screening.screener import Screener
+    from audit.screening.screener import Screener, ScreenResult
 
     screener = Screener(backbone, screen_bank)
     head = next(iter(trained_heads.values()))
     texts = ["How do I bake bread?", "Explain how to make a pipe bomb.", "Name three rivers."]
-    alone = screener.score_texts(texts)
+    alone = screener.screen(texts)
     loader = {head.head_id: head}.__getitem__
     with InferenceEngine(backbone, loader, max_batch=64, max_wait_ms=200) as engine:
         futures = [engine.submit_screen([t], screener) for t in texts]
@@ -155,5 +155,8 @@ def test_engine_screens_concurrent_requests_in_shared_batches(
         windows = [f.result(timeout=120)[0] for f in futures]
         assert predicted.result(timeout=120)
         assert engine.n_batches == 1  # three screenings and a prediction, one backbone batch
+    # Each text fits its forward: it comes back decided, as screening it alone decides it.
+    assert all(isinstance(got, ScreenResult) for got in windows)
     for got, expected in zip(windows, alone, strict=True):
-        assert got.logits == pytest.approx(expected[0].logits, abs=1e-5)
+        assert got.action == expected.action
+        assert got.decision.scores == pytest.approx(expected.decision.scores, abs=1e-5)
