@@ -321,12 +321,12 @@ def dot_rows(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return products.T
 
 
-def warm_up(plan: ScorePlan | None = None) -> None:
-    """Compile (or load the cached) kernels for ``plan`` now, so that no request waits for them."""
-    d = 4 if plan is None else (plan.weights + plan.top_weights)[0].shape[1]
-    if plan is None:
-        w = np.zeros((1, d), dtype=np.float32)
-        plan = ScorePlan([w], [w], np.ones((2, 1)), np.zeros(1), 0, [0], 1, 1, np.zeros(2, bool))
+def warm_up(plan: ScorePlan) -> None:
+    """Compile (or load the cached) kernels for ``plan`` now, so that no request waits for them.
+
+    The first compile takes seconds; numba caches it beside this module for later processes.
+    """
+    d = plan.weights[0].shape[1]
     hooks = [np.zeros((1, 2, d), dtype=np.float32)] * len(plan.weights)
     mask = np.ones((1, 2), dtype=np.int64)
     score(plan, hooks, mask, mask)
