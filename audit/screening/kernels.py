@@ -28,7 +28,7 @@ def _read_hook(
     sums: np.ndarray,
     top: np.ndarray,
     want_top: bool,
-) -> None:  # pragma: no cover - compiled; exercised through score and dot_rows
+) -> None:  # pragma: no cover - compiled; exercised through score
     rows, pos, d = h.shape
     k = weights.shape[0]
     for r in range(rows):
@@ -70,7 +70,7 @@ def _summarise(
     primary: np.ndarray,
     extra: np.ndarray,
     span: int,
-    means: np.ndarray,
+    columns: np.ndarray,
     values: np.ndarray,
     top_ids: np.ndarray,
     counts: np.ndarray,
@@ -84,8 +84,8 @@ def _summarise(
     index = np.zeros(k, dtype=np.int64)
     for r in range(rows):
         n_real = real[r]
-        for c in range(n_mean):
-            means[r, c] = sums[c, r] / n_real
+        for c in range(n_mean):  # the mean columns come first
+            columns[r, c] = sums[c, r] / n_real
         # The primary's per-token terms, and its k largest outside padding and special tokens
         # (inserted after every value at least as large: ties keep text order).
         n = 0
@@ -144,7 +144,7 @@ def _score(
     span: int,
     k: int,
 ) -> tuple[
-    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray
 ]:  # pragma: no cover - compiled; exercised through score
     rows, pos = mask.shape
     n_cols, n_screens = selector.shape
@@ -175,20 +175,18 @@ def _score(
             if mask[r, p]:
                 n += 1
         n_real[r] = max(n, 1)
-    means = np.empty((rows, n_mean))
     values = np.zeros((rows, k), dtype=np.float32)
     top_ids = np.zeros((rows, k), dtype=np.int64)
     counts = np.zeros(rows, dtype=np.int64)
     best = np.empty(rows)
     _summarise(
         products, sums, n_real, mask, ids, is_special, primary, extra, span,
-        means, values, top_ids, counts, best,
+        columns, values, top_ids, counts, best,
     )  # fmt: skip
     # Every screen's logit: the read columns through the 0/1 selector, plus the intercepts.
     logits = np.empty((rows, n_screens))
     spans = np.empty(rows)
     for r in range(rows):
-        columns[r, :n_mean] = means[r]
         for s in range(n_screens):
             acc = intercepts[s]
             for c in range(n_cols):
@@ -197,7 +195,7 @@ def _score(
         # The strongest span's logit; rows no longer than the span keep their whole logit.
         long = not np.isnan(best[r])
         spans[r] = intercepts[primary_col] + best[r] if long else logits[r, primary_col]
-    return logits, spans, n_real, values, top_ids, counts, best
+    return logits, spans, n_real, values, top_ids, counts
 
 
 class ScorePlan:
@@ -248,7 +246,7 @@ def score(
     mask: np.ndarray,
     ids: np.ndarray,
     extra: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Read a forward's hooks once each for a bank's screens and summarise each row, in one call.
 
     ``hooks[i]`` is the i-th hook's [rows, pos, d] float32 activations, ``mask`` [rows, pos]
@@ -262,8 +260,7 @@ def score(
     - ``n_real`` [rows]: real tokens per row (at least 1);
     - ``values``, ``top_ids`` [rows, k] and ``counts`` [rows]: the row's ``counts[r]`` highest
       primary terms and their token ids, highest first, ties in text order, leaving out padding
-      and special tokens (ids past ``is_special``'s end count as, and are given as, its last);
-    - ``best`` [rows]: the strongest run's mean term, NaN where the span read does not apply.
+      and special tokens (ids past ``is_special``'s end count as, and are given as, its last).
     """
     return _score(  # type: ignore[no-any-return]
         tuple(np.ascontiguousarray(h, dtype=np.float32) for h in hooks),
@@ -307,20 +304,6 @@ def platt(x: np.ndarray, slope: np.ndarray, intercept: np.ndarray) -> np.ndarray
     )
 
 
-def dot_rows(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Return ``x @ weights.T`` ([rows, d] by [k, d] float32) as [rows, k], on this thread.
-
-    (A BLAS product of this size wakes its thread pool next to the backbone's own.)
-    """
-    rows = x.shape[0]
-    products = np.empty((weights.shape[0], rows), dtype=np.float32)
-    mask = np.ones((rows, 1), dtype=np.int64)
-    sums = np.zeros((len(weights), rows))
-    no_top = np.empty((0, 0), dtype=np.float32)
-    _read_hook(np.ascontiguousarray(x[:, None, :]), mask, weights, products, sums, no_top, False)
-    return products.T
-
-
 def warm_up(plan: ScorePlan) -> None:
     """Compile (or load the cached) kernels for ``plan`` now, so that no request waits for them.
 
@@ -330,5 +313,4 @@ def warm_up(plan: ScorePlan) -> None:
     hooks = [np.zeros((1, 2, d), dtype=np.float32)] * len(plan.weights)
     mask = np.ones((1, 2), dtype=np.int64)
     score(plan, hooks, mask, mask)
-    dot_rows(hooks[0][0], plan.weights[0])
     platt(np.zeros((1, 1)), np.ones(1), np.zeros(1))

@@ -9,8 +9,9 @@ letters, fullwidth forms or invisible characters is also scored in its canonical
 ``max_chars`` are refused (``TextTooLongError``; the HTTP API answers 413).
 
 Scores come from the activations of a forward pass: ``score_windows`` reads them from any forward
-that captured the bank's hooks, so the serving path screens the forward its heads already ran and
-only windows beyond the first cost another pass. Each decision names its top contributing tokens:
+that captured the bank's hooks, and ``screen_forward`` also decides there every text that forward
+read whole, so the serving path screens the forward its heads already ran and only windows beyond
+the first cost another pass. Each decision names its top contributing tokens:
 a linear screen's logit is a sum over tokens (mean pooling: each token's activation times the
 weights, divided by the token count; max pooling: each dimension's weight times its maximum, given
 to the token holding it), so the tokens with the largest terms are the ones that drove it.
@@ -84,10 +85,10 @@ class ScreenResult:
 class _Reader:
     """One (hook, pooling) read of a forward: every screen's weights on it, where its columns go.
 
-    ``weights`` is [d_model, k] (``rows`` the same as [k, d_model], contiguous, for the kernel);
-    ``slots`` are its columns' places among the forward's read columns (mean readers first, so
-    their per-token products share one buffer). ``primary`` is the index, among its columns, of
-    the primary screen's, if the primary reads it.
+    ``weights`` is [d_model, k] (``rows`` the same as [k, d_model], contiguous, for the compiled
+    pass); ``slots`` are its columns' places among the forward's read columns (see
+    ``Screener.__init__``). ``primary`` is the index, among its columns, of the primary screen's,
+    if the primary reads it.
     """
 
     __slots__ = ("pooling", "primary", "rows", "slots", "weights")
@@ -345,7 +346,7 @@ class Screener:
         if self._primary_reads_other:  # its terms from those readers must be ready first
             n_real = np.maximum((m != 0).sum(1), 1)
             others, extra = self._read_others(acts, m, n_real)
-        logits, spans, n_real, values, top_ids, counts, _ = kernels.score(
+        logits, spans, n_real, values, top_ids, counts = kernels.score(
             self._score_plan, [_float_numpy(acts[h]) for h in self._read_hooks], m, ids, extra
         )
         if self._others:  # first / last readers (or all non-mean ones): rare, in numpy
@@ -393,7 +394,7 @@ class Screener:
         n_rows, n_pos = m.shape
         if reader.pooling == "max":
             top = _masked_max(h, n_real)
-            per_row[:, slots] = kernels.dot_rows(top, reader.rows)
+            per_row[:, slots] = top @ reader.weights
             if reader.primary is None:
                 return None
             # Each dimension's term goes to the token holding its maximum.
@@ -653,9 +654,9 @@ class Screener:
         window's score, and then only the remaining windows run here.
         """
         texts = self.check_texts(texts)
-        given = dict(first_windows or {})
+        given = first_windows or {}
         done = {i: r for i, r in given.items() if isinstance(r, ScreenResult)}
-        if len(done) == len(texts):
+        if len(done) == len(texts):  # the serving forward finished every text
             return [done[i] for i in range(len(texts))]
         rest = [i for i in range(len(texts)) if i not in done]
         reuse = {k: w for k, i in enumerate(rest) if isinstance(w := given.get(i), WindowScore)}
@@ -782,12 +783,17 @@ def _masked_max(h: np.ndarray, n_real: np.ndarray) -> np.ndarray:
 
 
 def _numpy(t: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Return a CPU tensor's values as numpy without a copy (other tensors are copied)."""
+    """Return a CPU tensor's values as numpy without a copy (other tensors are copied).
+
+    ``Tensor.numpy`` refuses a GPU tensor or one that requires grad; asking first costs more
+    than the call itself right after a forward.
+    """
     if isinstance(t, np.ndarray):
         return t
-    if t.device.type == "cpu" and not t.requires_grad:
+    try:
         return t.numpy()
-    return t.detach().cpu().numpy()
+    except (RuntimeError, TypeError):
+        return t.detach().cpu().numpy()
 
 
 def _float_numpy(t: torch.Tensor) -> np.ndarray:
