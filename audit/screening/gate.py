@@ -103,10 +103,10 @@ class ScreeningGate:
 
     def flag_threshold(self, tenant_id: str | None) -> float:
         """Return the flag threshold that applies to ``tenant_id`` under the current bank."""
-        entry = self._flags.get(tenant_id or "")
+        entry = self._flags.get(tenant_id or "") if self._flags else None
         if entry and entry.get("bank_version") == self.bank.version:
             return float(entry["flag"]["value"])
-        return float(self.bank.screen(self.bank.primary).flag.value)
+        return float(self.screener.primary.flag.value)
 
     def recalibrate_flag(
         self, tenant_id: str, benign_texts: Sequence[str], target_fpr: float = 0.05

@@ -31,8 +31,14 @@ def _read_hook(
 ) -> None:  # pragma: no cover - compiled; exercised through score
     rows, pos, d = h.shape
     k = weights.shape[0]
+    scratch = np.empty(d, dtype=np.float32)
     for r in range(rows):
         seen = False
+        # The running maximum alternates between top[r] and scratch: each token's fold writes
+        # the other one whole, which compiles to plain vector stores (folding in place becomes
+        # masked stores, several times slower on some x86 cores).
+        t, spare = top[r], scratch
+        in_top = True
         for p in range(pos):
             at = r * pos + p
             if not mask[r, p]:
@@ -48,15 +54,21 @@ def _read_hook(
                 products[c, at] = acc
                 sums[c, r] += acc
             if want_top:  # the per-dimension maximum, folded in while x is in cache
-                t = top[r]
                 if seen:
                     for j in range(d):
-                        t[j] = max(t[j], x[j])
+                        a = t[j]
+                        b = x[j]
+                        spare[j] = a if a > b else b
+                    t, spare = spare, t
+                    in_top = not in_top
                 else:
                     t[:] = x
             seen = True
-        if want_top and not seen:  # a row with no real token reads its first position
-            top[r] = h[r, 0]
+        if want_top:
+            if not seen:  # a row with no real token reads its first position
+                top[r] = h[r, 0]
+            elif not in_top:
+                top[r] = t
 
 
 @numba.njit(cache=True, nogil=True)

@@ -267,7 +267,7 @@ class Screener:
         # One past the vocabulary: ids beyond it (a padded forward's filler) read as "".
         self._words = [*self._vocab, ""]
         self._pad_id = int(tok.pad_token_id or 0)
-        self._primary = bank.screen(bank.primary)
+        self.primary = bank.screen(bank.primary)  # the screen whose score decides
         self._version = bank.version
         self.n_forward_passes = 0
 
@@ -479,7 +479,7 @@ class Screener:
     ) -> list[ScreenResult]:
         """Return ``results`` with each text's highest segment score (and the segment rule's
         decision, when the bank has one)."""
-        primary, name = self._primary, self.bank.primary
+        primary, name = self.primary, self.bank.primary
         flat = [w for windows in parts for w in windows]
         scores = primary.calibrator(np.array([w.logits[name] for w in flat])).tolist()
         rule = self.bank.segments
@@ -536,7 +536,7 @@ class Screener:
         if spans is not None:  # the span logit is calibrated as the primary's: one more column
             logits = np.concatenate([logits, spans[:, None]], axis=1)
         calibrated = self._calibrate_with_span(logits, spans is not None)
-        primary = self._primary
+        primary = self.primary
         block, flag = primary.block.value, primary.flag.value
         single = all(c == 1 for c in counts)
         starts = list(range(len(counts))) if single else np.cumsum([0, *counts[:-1]]).tolist()
@@ -588,7 +588,7 @@ class Screener:
         if self._platt is not None:
             params = self._platt_with_span if with_span else self._platt
             return kernels.platt(logits, params[0], params[1])
-        calibrators = [*self._calibrators, self._primary.calibrator][: logits.shape[1]]
+        calibrators = [*self._calibrators, self.primary.calibrator][: logits.shape[1]]
         return np.stack([c(logits[:, j]) for j, c in enumerate(calibrators)], axis=1)
 
     def screen_forward(

@@ -109,6 +109,22 @@ def _set_body(db: Path, seq: int, body: dict[str, object]) -> str:
 
 
 # ------------------------------------------------------------------------------ records
+def test_decision_ids_are_unique_across_pool_refills_and_forks() -> None:
+    ids = [new_decision_id() for _ in range(2_000)]  # several refills of the random pool
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 28 and i.startswith("dec_") and int(i[4:], 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's next id must not be the parent's next one
+        os.write(write, new_decision_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert child.startswith("dec_") and child != new_decision_id()
+
+
 def test_make_record_hashes_text_and_drops_it_unless_retained() -> None:
     record = _record(4, text="héllo")
     assert record.decision_id.startswith("dec_") and len(record.decision_id) == 28
