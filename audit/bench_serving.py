@@ -115,7 +115,7 @@ def bench_serving(ctx: Any) -> list[Any]:
     """Throughput of ``audit serve`` with many concurrent clients against one at a time."""
     from probes import load_dataset
 
-    n_tenants, seconds, concurrency = (4, 4.0, 16) if ctx.quick else (24, 15.0, 32)
+    n_tenants, seconds, concurrency = (4, 2.0, 16) if ctx.quick else (24, 15.0, 32)
     repeats = ctx.repeats
     corpus = load_dataset("rotten_tomatoes", max_samples=48, seed=0)
     rows = list(zip(corpus.texts, corpus.labels.tolist(), strict=True))

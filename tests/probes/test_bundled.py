@@ -335,14 +335,13 @@ class Converted:
 
 
 @pytest.fixture(scope="session")
-def smollm2_converted(tmp_path_factory: pytest.TempPathFactory) -> Converted:
-    home = tmp_path_factory.mktemp("smollm2-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AUDIT_HOME", str(home))
-        started = time.monotonic()
-        folder = smollm2_folder(progress=False)
-        seconds = time.monotonic() - started
-    return Converted(home, folder, seconds)
+def smollm2_converted(audit_home: Path) -> Converted:
+    """The session home's converted SmolLM2 folder (the ``decoder`` fixture shares it)."""
+    started = time.monotonic()
+    folder = smollm2_folder(progress=False)
+    seconds = time.monotonic() - started
+    assert folder.is_relative_to(audit_home)
+    return Converted(audit_home, folder, seconds)
 
 
 @pytest.fixture(scope="session")
