@@ -211,7 +211,7 @@ class ScreeningGate:
             flag_threshold=flag_value,
             top_tokens=result.top_tokens,
             n_windows=result.n_windows,
-            scores=dict(d.scores),
+            scores=d.scores,  # shared with the result's decision: both are values
         )
 
     def _record(
