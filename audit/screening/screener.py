@@ -291,7 +291,7 @@ class Screener:
         texts = [texts] if isinstance(texts, str) else list(texts)
         for i, text in enumerate(texts):
             if type(text) is str and len(text) <= self.max_chars and not text.isspace() and text:
-                continue  # (the common case, in one test)
+                continue  # an ordinary text passes every check below at once
             if not isinstance(text, str):
                 raise InvalidInputError(f"Text {i} is a {type(text).__name__}, not a string.")
             if not text.strip():
