@@ -86,6 +86,8 @@ class CheckpointAudit:
     def plan(self) -> list[PlannedCheck]:
         """Return every check this audit runs, in order, without loading the checkpoint."""
         model_type, n_layers = checkpoint_config(self.checkpoint)
+        if not self.update_baseline:
+            self.baseline()  # a missing or mismatched baseline stops the audit before any model loads
         planned: list[PlannedCheck] = []
         if self.spec.parity.enabled:
             from audit.checkpoint.parity import planned_parity_ids
