@@ -103,7 +103,7 @@ class ScreeningGate:
 
     def flag_threshold(self, tenant_id: str | None) -> float:
         """Return the flag threshold that applies to ``tenant_id`` under the current bank."""
-        entry = self._flags.get(tenant_id or "") if self._flags else None
+        entry = self._flags.get(tenant_id or "")
         if entry and entry.get("bank_version") == self.bank.version:
             return float(entry["flag"]["value"])
         return float(self.screener.primary.flag.value)

@@ -290,8 +290,6 @@ class Screener:
         """Return ``texts`` as a list after refusing empty, non-string and over-long ones."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         for i, text in enumerate(texts):
-            if type(text) is str and len(text) <= self.max_chars and not text.isspace() and text:
-                continue  # an ordinary text passes every check below at once
             if not isinstance(text, str):
                 raise InvalidInputError(f"Text {i} is a {type(text).__name__}, not a string.")
             if not text.strip():
@@ -657,11 +655,9 @@ class Screener:
         """
         texts = self.check_texts(texts)
         given = first_windows or {}
-        if len(given) == len(texts):  # the serving forward may have finished every text
-            finished = [given.get(i) for i in range(len(texts))]
-            if all(type(r) is ScreenResult for r in finished):
-                return finished  # type: ignore[return-value]
         done = {i: r for i, r in given.items() if isinstance(r, ScreenResult)}
+        if len(done) == len(texts):  # the serving forward finished every text
+            return [done[i] for i in range(len(texts))]
         rest = [i for i in range(len(texts)) if i not in done]
         reuse = {k: w for k, i in enumerate(rest) if isinstance(w := given.get(i), WindowScore)}
         scored = self.score_texts([texts[i] for i in rest], first_windows=reuse, progress=progress)

@@ -212,10 +212,16 @@ def test_bench_quick_writes_ratios(runner, tmp_path, screen_bank) -> None:
 
     # The Ray benchmarks start Ray workers (tens of seconds each): run them with --only. The
     # padding benchmark runs in benchmarks/gpu.sh's CPU smoke test (tests/audit/test_gpu_script.py)
-    # and the others below in tests of their own (test_bench_tenants, test_bench_screening,
+    # and the ones below in tests of their own (test_bench_tenants, test_bench_screening,
     # test_bench_checkpoint); this one runs the rest through the command.
-    tested_alone = {"tenants_mixed", "heads_cold", "blocks_training", "screening"}
-    skip = {*RAY_BENCHMARKS, "padding", "checkpoint_audit", *tested_alone}
+    tested_alone = {
+        "tenants_mixed",
+        "heads_cold",
+        "blocks_training",
+        "screening",
+        "checkpoint_audit",
+    }
+    skip = {*RAY_BENCHMARKS, "padding", *tested_alone}
     only = [a for name in BENCHMARKS if name not in skip for a in ("--only", name)]
     result = runner.invoke(main, ["bench", "--quick", *only, "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output

@@ -331,17 +331,14 @@ RESID_TEXTS = ["The capital of France is", "I loved this movie, it was great."]
 class Converted:
     home: Path
     folder: Path
-    seconds: float
 
 
 @pytest.fixture(scope="session")
 def smollm2_converted(audit_home: Path) -> Converted:
     """The session home's converted SmolLM2 folder (the ``decoder`` fixture shares it)."""
-    started = time.monotonic()
     folder = smollm2_folder(progress=False)
-    seconds = time.monotonic() - started
     assert folder.is_relative_to(audit_home)
-    return Converted(audit_home, folder, seconds)
+    return Converted(audit_home, folder)
 
 
 @pytest.fixture(scope="session")
